@@ -1,0 +1,174 @@
+"""The authenticated `/v1` API and the operational endpoints (FastAPI routers)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.services import Services
+from app.tokens import SigningError
+from app.urls import InvalidURL
+
+MAX_LINKS = 1000
+
+
+class ASCIIJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error may echo back input that is not valid UTF-8 (a lone
+    surrogate from a JSON escape), and answering must never fail on it."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+class APIError(Exception):
+    """An error answered as `{"error": code, "message": ..., **details}` with `status`."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+    def response(self) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        body = {"error": self.code, "message": self.message, **self.details}
+        return ASCIIJSONResponse(body, status_code=self.status, headers=headers)
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def authorised(request: Request, svc: Annotated[Services, Depends(services)]) -> Services:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if not svc.api_keys:
+        raise APIError(401, "unauthorized", "no API keys are configured (TRACKD_API_KEYS)")
+    if scheme.lower() != "bearer" or not key:
+        raise APIError(401, "unauthorized", "missing bearer API key")
+    given = key.strip().encode("utf-8", "replace")
+    # Compare against every key, always, so timing does not reveal which one nearly matched.
+    ok = False
+    for candidate in svc.api_keys:
+        ok |= hmac.compare_digest(given, candidate)
+    if not ok:
+        raise APIError(401, "unauthorized", "invalid API key")
+    return svc
+
+
+Authorised = Annotated[Services, Depends(authorised)]
+
+
+class TrackingURLsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    campaign_id: str = Field(min_length=1, max_length=255)
+    recipient_id: str = Field(min_length=1, max_length=255)
+    links: list[str] = Field(default_factory=list, max_length=MAX_LINKS)
+    sent_at: int | None = Field(default=None, ge=0, lt=2**32, description="unix seconds; default now")
+
+
+class TrackingURLsResponse(BaseModel):
+    open_url: str
+    click_urls: list[str]
+
+
+class CampaignStats(BaseModel):
+    campaign_id: str
+    opens: int
+    unique_opens: int
+    clicks: int
+    unique_clicks: int
+    human_opens: int
+    human_unique_opens: int
+    human_clicks: int
+    human_unique_clicks: int
+    machine_opens: int
+    machine_clicks: int
+    first_at: float | None
+    last_at: float | None
+
+
+v1 = APIRouter(prefix="/v1")
+
+
+@v1.post("/tracking-urls", response_model=TrackingURLsResponse)
+async def tracking_urls(body: TrackingURLsRequest, svc: Authorised) -> dict[str, Any]:
+    ring, base = svc.keyring, svc.settings.base_url
+    try:
+        open_token = ring.sign_open(body.campaign_id, body.recipient_id, sent_at=body.sent_at)
+    except SigningError as exc:
+        raise APIError(422, "invalid_request", str(exc)) from None
+    click_urls = []
+    for index, link in enumerate(body.links):
+        try:
+            token = ring.sign_click(body.campaign_id, body.recipient_id, index, link, sent_at=body.sent_at)
+        except (InvalidURL, SigningError) as exc:
+            raise APIError(422, "invalid_link", f"links[{index}]: {exc}", link=link, index=index) from None
+        click_urls.append(f"{base}/c/{token}")
+    return {"open_url": f"{base}/o/{open_token}.gif", "click_urls": click_urls}
+
+
+_STATS_SQL = """
+SELECT
+  count(*) FILTER (WHERE kind = 'open') AS opens,
+  count(DISTINCT recipient_id) FILTER (WHERE kind = 'open') AS unique_opens,
+  count(*) FILTER (WHERE kind = 'click') AS clicks,
+  count(DISTINCT recipient_id) FILTER (WHERE kind = 'click') AS unique_clicks,
+  count(*) FILTER (WHERE kind = 'open' AND NOT is_machine) AS human_opens,
+  count(DISTINCT recipient_id) FILTER (WHERE kind = 'open' AND NOT is_machine) AS human_unique_opens,
+  count(*) FILTER (WHERE kind = 'click' AND NOT is_machine) AS human_clicks,
+  count(DISTINCT recipient_id) FILTER (WHERE kind = 'click' AND NOT is_machine) AS human_unique_clicks,
+  count(*) FILTER (WHERE kind = 'open' AND is_machine) AS machine_opens,
+  count(*) FILTER (WHERE kind = 'click' AND is_machine) AS machine_clicks,
+  extract(epoch FROM min(occurred_at))::float8 AS first_at,
+  extract(epoch FROM max(occurred_at))::float8 AS last_at
+FROM events WHERE campaign_id = $1
+"""
+
+
+@v1.get("/campaigns/{campaign_id}/stats", response_model=CampaignStats)
+async def campaign_stats(campaign_id: str, svc: Authorised) -> dict[str, Any]:
+    if svc.pool is None or not svc.schema_ready:
+        raise APIError(503, "unavailable", "the database is not reachable yet")
+    try:
+        row = await svc.pool.fetchrow(_STATS_SQL, campaign_id)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise APIError(503, "unavailable", f"the database did not answer: {type(exc).__name__}") from None
+    return {"campaign_id": campaign_id, **dict(row)}
+
+
+ops = APIRouter()
+
+
+@ops.get("/healthz", include_in_schema=False)
+async def healthz() -> Response:
+    return Response(b"ok\n", media_type="text/plain")
+
+
+@ops.get("/readyz", include_in_schema=False)
+async def readyz(svc: Annotated[Services, Depends(services)]) -> JSONResponse:
+    writer = svc.writer
+    body = {
+        "ready": svc.ready,
+        "schema_ready": svc.schema_ready,
+        "shutting_down": svc.shutting_down,
+        "writer": writer.state if writer else "starting",
+        "last_commit_age_s": None
+        if writer is None or writer.last_commit_at is None
+        else round(time.time() - writer.last_commit_at, 3),
+        "backlog_rows": svc.backlog.rows,
+        "backlog_full": svc.backlog.full,
+    }
+    return JSONResponse(body, status_code=200 if svc.ready else 503)
+
+
+@ops.get("/metrics", include_in_schema=False)
+async def metrics(svc: Annotated[Services, Depends(services)]) -> Response:
+    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,131 @@
+"""`trackd serve | sign | migrate | keygen`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import sys
+
+from app.settings import Settings
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.pgserver import EmbeddedPostgres
+
+    settings = Settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    os.environ["TRACKD_HOST"], os.environ["TRACKD_PORT"] = host, str(port)
+    embedded = None
+    if args.workers > 1 and settings.database_url is None:
+        # Several workers share one embedded server, started (and stopped) here, not by each.
+        embedded = EmbeddedPostgres(settings.data_dir / "pg")
+        os.environ["DATABASE_URL"] = embedded.start()
+    try:
+        uvicorn.run(
+            "app.main:app_factory",
+            factory=True,
+            host=host,
+            port=port,
+            workers=args.workers,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            # Client addresses are resolved by trackd itself, from TRACKD_TRUSTED_PROXIES only.
+            proxy_headers=False,
+            server_header=False,
+            access_log=args.access_log,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout_s)),
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def sign(args: argparse.Namespace) -> int:
+    from app.main import build_keyring
+    from app.tokens import SigningError
+    from app.urls import InvalidURL
+
+    settings = Settings()
+    ring = build_keyring(settings)
+    base = settings.base_url
+    print(f"{base}/o/{ring.sign_open(args.campaign, args.recipient)}.gif")
+    for index, url in enumerate(args.urls):
+        try:
+            print(f"{base}/c/{ring.sign_click(args.campaign, args.recipient, index, url)}")
+        except (InvalidURL, SigningError) as exc:
+            print(f"trackd sign: {url!r}: {exc}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def migrate_cmd(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from app.db import migrate
+    from app.pgserver import EmbeddedPostgres
+
+    settings = Settings()
+    dsn = settings.database_url or EmbeddedPostgres(settings.data_dir / "pg").start()
+
+    async def run() -> list[str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+
+    applied = asyncio.run(run())
+    print("applied: " + (", ".join(applied) or "nothing (up to date)"))
+    return 0
+
+
+def keygen(args: argparse.Namespace) -> int:
+    print(f"{args.kid}:{secrets.token_urlsafe(32)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trackd", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("TRACKD_LOG_LEVEL", "info"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve HTTP (embedded PostgreSQL unless DATABASE_URL is set)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--access-log", action="store_true")
+    p.set_defaults(func=serve)
+
+    p = sub.add_parser("sign", help="print the pixel URL and click URLs for one recipient")
+    p.add_argument("--campaign", required=True)
+    p.add_argument("--recipient", required=True)
+    p.add_argument("urls", nargs="*", metavar="URL")
+    p.set_defaults(func=sign)
+
+    p = sub.add_parser("migrate", help="apply database migrations and exit")
+    p.set_defaults(func=migrate_cmd)
+
+    p = sub.add_parser("keygen", help="print a new signing key for TRACKD_SIGNING_KEYS")
+    p.add_argument("--kid", default="k1")
+    p.set_defaults(func=keygen)
+
+    args = parser.parse_args(argv)
+    _logging(args.log_level)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The PostgreSQL side: where it is (given or embedded), the pool, and the schema migrations."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+
+import asyncpg
+
+from app.settings import Settings
+
+log = logging.getLogger("trackd.db")
+
+# Any constant works; it only has to be the same in every process that migrates.
+_MIGRATION_LOCK = 0x7472_6B64  # "trkd"
+
+
+def migration_files() -> list[tuple[str, str]]:
+    folder = resources.files("app") / "migrations"
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(name.removesuffix(".sql"), (folder / name).read_text("utf-8")) for name in names]
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply pending migrations in order, each in its own transaction, under an advisory lock
+    so that several pods or workers starting at once apply each migration exactly once."""
+    applied: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS trackd_migrations"
+            " (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["name"] for r in await conn.fetch("SELECT name FROM trackd_migrations")}
+        for name, sql in migration_files():
+            if name in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO trackd_migrations (name) VALUES ($1)", name)
+            log.info("applied migration %s", name)
+            applied.append(name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.execute("SET TIME ZONE 'UTC'")
+
+
+async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn,
+        # No floor: with the database down, a floor makes asyncpg log a traceback every second.
+        min_size=0,
+        max_size=settings.db_pool_max,
+        init=_init_connection,
+        command_timeout=settings.db_statement_timeout_ms / 1000,
+        server_settings={
+            "application_name": "trackd",
+            "statement_timeout": str(settings.db_statement_timeout_ms),
+        },
+        # A connection that survived a server restart is found dead at its next use; close idle
+        # ones early so that a restart costs at most one failed batch (asyncpg #447, #624, #704).
+        max_inactive_connection_lifetime=30,
+    )

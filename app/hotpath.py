@@ -1,0 +1,152 @@
+"""The raw ASGI handlers for `/c/{token}` (click redirect) and `/o/{token}.gif` (open pixel).
+
+They sit in front of FastAPI so that the requests that make up nearly all traffic pay for no
+routing, middleware or dependency injection: verify the token (HMAC, no database), append the
+event to the backlog (no await), answer. Everything else goes to the wrapped app unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any, Protocol
+
+from app.events import EventIds, RawEvent
+from app.metrics import Metrics
+from app.tokens import KIND_CLICK, KIND_OPEN, KeyRing, click_location
+
+Scope = dict[str, Any]
+
+# The smallest transparent 1x1 GIF that every mail client renders (43 bytes).
+PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
+
+
+class ASGIApp(Protocol):
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None: ...
+
+
+class Backlog(Protocol):
+    def append(self, event: RawEvent) -> bool: ...
+
+
+def _start(status: int, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {"type": "http.response.start", "status": status, "headers": headers}
+
+
+def _body(body: bytes) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": body, "more_body": False}
+
+
+_EMPTY_BODY = _body(b"")
+_PIXEL_START = _start(
+    200,
+    [
+        (b"content-type", b"image/gif"),
+        (b"content-length", str(len(PIXEL_GIF)).encode()),
+        (b"cache-control", b"no-store, no-cache, must-revalidate, max-age=0"),
+        (b"pragma", b"no-cache"),
+        (b"expires", b"0"),
+    ],
+)
+_PIXEL_BODY = _body(PIXEL_GIF)
+_NOT_FOUND_TEXT = b"Link not found.\n"
+_NOT_FOUND_START = _start(
+    404,
+    [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(_NOT_FOUND_TEXT)).encode()),
+        (b"cache-control", b"no-store"),
+    ],
+)
+_NOT_FOUND_BODY = _body(_NOT_FOUND_TEXT)
+_METHOD_START = _start(405, [(b"allow", b"GET, HEAD"), (b"content-length", b"0"), (b"cache-control", b"no-store")])
+_NO_STORE = (b"cache-control", b"no-store")
+_NO_BODY = (b"content-length", b"0")
+
+
+class HotPath:
+    """ASGI app: `/c/` and `/o/` answered here, everything else passed to `app`."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        keyring: KeyRing,
+        metrics: Metrics,
+        *,
+        user_agent_max_bytes: int,
+        capture_forwarded_for: bool,
+        fallback_url: str | None,
+    ) -> None:
+        self.app = app
+        self.keyring = keyring
+        self.metrics = metrics
+        # Set by the lifespan once the backlog exists; until then events are counted as dropped.
+        self.backlog: Backlog | None = None
+        self.ids = EventIds()
+        self.ua_max = user_agent_max_bytes
+        self.capture_xff = capture_forwarded_for
+        self._fallback_start = (
+            None
+            if fallback_url is None
+            else _start(302, [(b"location", fallback_url.encode("ascii")), _NO_STORE, _NO_BODY])
+        )
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith("/c/"):
+                return await self.click(scope, path[3:], send)
+            if path.startswith("/o/"):
+                return await self.pixel(scope, path[3:], send)
+        await self.app(scope, receive, send)
+
+    def _record(self, scope: Scope, kind: int, is_head: bool, payload: bytes) -> None:
+        ua = xff = None
+        for name, value in scope["headers"]:
+            if name == b"user-agent":
+                ua = value[: self.ua_max]
+            elif name == b"x-forwarded-for" and self.capture_xff:
+                xff = value
+        client = scope.get("client")
+        now = time.time()
+        event = RawEvent(self.ids.next(now), now, is_head, payload, client[0] if client else None, xff, ua)
+        key = ("click" if kind == KIND_CLICK else "open", is_head)
+        backlog = self.backlog
+        if backlog is not None and backlog.append(event):
+            self.metrics.recorded[key].inc()
+        else:
+            self.metrics.dropped[key].inc()
+            self.metrics.dropped_full.inc()
+
+    async def click(self, scope: Scope, token: str, send: Any) -> None:
+        method = scope["method"]
+        is_head = method == "HEAD"
+        if not is_head and method != "GET":
+            await send(_METHOD_START)
+            await send(_EMPTY_BODY)
+            return
+        payload = self.keyring.verify(token, KIND_CLICK)
+        if payload is None:
+            self.metrics.bad_token["click", is_head].inc()
+            await send(self._fallback_start or _NOT_FOUND_START)
+            await send(_EMPTY_BODY if self._fallback_start else _NOT_FOUND_BODY)
+            return
+        self._record(scope, KIND_CLICK, is_head, payload)
+        await send(_start(302, [(b"location", click_location(payload)), _NO_STORE, _NO_BODY]))
+        await send(_EMPTY_BODY)
+
+    async def pixel(self, scope: Scope, name: str, send: Any) -> None:
+        method = scope["method"]
+        is_head = method == "HEAD"
+        if not is_head and method != "GET":
+            await send(_METHOD_START)
+            await send(_EMPTY_BODY)
+            return
+        # A bad token still gets the image: a broken image in the mail helps nobody.
+        payload = self.keyring.verify(name[:-4], KIND_OPEN) if name.endswith(".gif") else None
+        if payload is None:
+            self.metrics.bad_token["open", is_head].inc()
+        else:
+            self._record(scope, KIND_OPEN, is_head, payload)
+        await send(_PIXEL_START)
+        await send(_PIXEL_BODY)

@@ -1,0 +1,149 @@
+"""`create_app(settings)`: the hot path in front of FastAPI, and the lifespan that builds and tears
+down everything the app owns (embedded PostgreSQL, pool, backlog, writer)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_fastapi_instrumentator import Instrumentator
+
+from app import __version__
+from app.api import APIError, ASCIIJSONResponse, ops, v1
+from app.backlog import MemoryBacklog
+from app.db import create_pool, migrate
+from app.hotpath import HotPath
+from app.metrics import Metrics
+from app.pgserver import EmbeddedPostgres
+from app.services import Services
+from app.settings import Settings
+from app.tokens import KeyRing, load_or_create_dev_key
+from app.urls import to_location
+from app.writer import Writer
+
+log = logging.getLogger("trackd")
+
+_SCHEMA_RETRY_MAX_S = 5.0
+
+
+def build_keyring(settings: Settings) -> KeyRing:
+    if settings.signing_keys:
+        return KeyRing.from_specs(settings.signing_keys)
+    log.warning(
+        "TRACKD_SIGNING_KEYS is not set: using a development key kept in %s; set real keys in production",
+        settings.data_dir,
+    )
+    return KeyRing([load_or_create_dev_key(settings.data_dir)])
+
+
+async def _prepare_schema(svc: Services) -> None:
+    """Migrate, then start the writer. Retries until the database answers: until then the hot
+    path keeps answering and events wait in the backlog."""
+    assert svc.pool is not None and svc.writer is not None
+    delay = 0.2
+    while True:
+        try:
+            async with svc.pool.acquire() as conn:
+                await migrate(conn)
+            break
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("database not ready (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(_SCHEMA_RETRY_MAX_S, delay * 2)
+    svc.schema_ready = True
+    svc.writer.start()
+
+
+def create_app(settings: Settings | None = None) -> HotPath:
+    settings = settings or Settings()
+    metrics = Metrics()
+    keyring = build_keyring(settings)
+    if not settings.api_keys:
+        log.warning("TRACKD_API_KEYS is not set: the /v1 API refuses every request")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        embedded: EmbeddedPostgres | None = None
+        dsn = settings.database_url
+        if dsn is None:
+            embedded = EmbeddedPostgres(settings.data_dir / "pg")
+            dsn = await asyncio.to_thread(embedded.start)
+            log.info("embedded PostgreSQL at %s (data in %s)", dsn, embedded.pgdata)
+        svc = Services(
+            settings=settings,
+            keyring=keyring,
+            metrics=metrics,
+            backlog=MemoryBacklog(settings.buffer_max_events),
+            api_keys=tuple(k.encode("utf-8") for k in settings.api_keys),
+        )
+        svc.pool = await create_pool(settings, dsn)
+        svc.writer = Writer(settings, svc.backlog, svc.pool, metrics)
+        api.state.services = svc
+        hot.backlog = svc.backlog
+        schema_task = asyncio.create_task(_prepare_schema(svc), name="trackd-schema")
+        try:
+            yield
+        finally:
+            svc.shutting_down = True
+            schema_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await schema_task
+            await svc.writer.stop(settings.shutdown_timeout_s)
+            if svc.backlog.rows:
+                log.error("stopping with %d events not committed", svc.backlog.rows)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(svc.pool.close(), 5)
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+
+    api = FastAPI(
+        title="trackd",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    api.include_router(v1)
+    api.include_router(ops)
+
+    @api.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors: list[dict[str, Any]] = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+        ]
+        return ASCIIJSONResponse(
+            {"error": "invalid_request", "message": "the request body is not valid", "detail": errors},
+            status_code=422,
+        )
+
+    Instrumentator(
+        should_group_status_codes=False,
+        excluded_handlers=["/metrics", "/healthz", "/readyz"],
+        registry=metrics.registry,
+    ).instrument(api, metric_namespace="trackd", metric_subsystem="api")
+
+    hot = HotPath(
+        api,
+        keyring,
+        metrics,
+        user_agent_max_bytes=settings.user_agent_max_bytes,
+        capture_forwarded_for=bool(settings.trusted_proxies),
+        fallback_url=to_location(settings.fallback_url) if settings.fallback_url else None,
+    )
+    return hot
+
+
+def app_factory() -> HotPath:
+    """For `uvicorn --factory app.main:app_factory`: settings from the environment."""
+    return create_app(Settings())

@@ -1,0 +1,31 @@
+"""The resources one running app owns, built in the lifespan and handed to the handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from app.backlog import MemoryBacklog
+from app.metrics import Metrics
+from app.settings import Settings
+from app.tokens import KeyRing
+from app.writer import Writer
+
+
+@dataclass
+class Services:
+    settings: Settings
+    keyring: KeyRing
+    metrics: Metrics
+    backlog: MemoryBacklog
+    pool: asyncpg.Pool | None = None
+    writer: Writer | None = None
+    schema_ready: bool = False
+    shutting_down: bool = False
+    api_keys: tuple[bytes, ...] = field(default_factory=tuple)
+
+    @property
+    def ready(self) -> bool:
+        """Whether this instance should get traffic: set up, not stopping, able to record."""
+        return self.schema_ready and not self.shutting_down and not self.backlog.full

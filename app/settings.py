@@ -1,0 +1,84 @@
+"""Every setting trackd reads, typed, from the environment. Nothing else reads os.environ."""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class IPMode(str, Enum):
+    anonymize = "anonymize"  # IPv4 to /24, IPv6 to /48
+    full = "full"
+    drop = "drop"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRACKD_", extra="ignore", frozen=True)
+
+    database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "TRACKD_DATABASE_URL"))
+    data_dir: Path = Path(".trackd")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None
+
+    # "kid:secret,kid:secret" - the first key signs, every key verifies.
+    signing_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    fallback_url: str | None = None
+
+    ip_mode: IPMode = IPMode.anonymize
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    user_agent_max_bytes: int = Field(default=512, ge=16, le=8192)
+
+    # The writer: how many rows one COPY may carry, how long rows may wait to be batched.
+    batch_max_rows: int = Field(default=5000, ge=1)
+    flush_interval_ms: int = Field(default=100, ge=1)
+    # Events held while the database cannot take them; past this they are counted as dropped.
+    buffer_max_events: int = Field(default=1_000_000, ge=1)
+    db_pool_max: int = Field(default=4, ge=1)
+    db_statement_timeout_ms: int = Field(default=10_000, ge=100)
+    shutdown_timeout_s: float = Field(default=10.0, ge=0)
+
+    @field_validator("database_url", "public_url", "fallback_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("signing_keys", "api_keys", "trusted_proxies", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # raises ValueError with a clear message
+        return value
+
+    @field_validator("fallback_url")
+    @classmethod
+    def _fallback(cls, value: str | None) -> str | None:
+        if value:
+            from app.urls import InvalidURL, to_location
+
+            try:
+                to_location(value)
+            except InvalidURL as exc:
+                raise ValueError(f"TRACKD_FALLBACK_URL: {exc}") from None
+        return value or None
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

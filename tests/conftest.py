@@ -1,0 +1,97 @@
+"""Shared fixtures: a real PostgreSQL (embedded unless DATABASE_URL is set), a fresh database
+per test session, and a real trackd server process talking to it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import httpx
+import pytest
+
+from app.pgserver import EmbeddedPostgres
+from tests.support import API_KEY, ServerProcess
+
+
+@pytest.fixture(scope="session")
+def embedded_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres | None]:
+    """The embedded server, or None when the tests run against DATABASE_URL."""
+    if os.environ.get("DATABASE_URL"):
+        yield None
+        return
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", fast_unsafe=True)
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.stop("immediate")
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(embedded_pg: EmbeddedPostgres | None) -> str:
+    return embedded_pg.dsn if embedded_pg else os.environ["DATABASE_URL"]
+
+
+def _with_database(dsn: str, name: str) -> str:
+    base, _, _ = dsn.rpartition("/")
+    query = ""
+    if "?" in dsn.rsplit("/", 1)[1]:
+        query = "?" + dsn.rsplit("?", 1)[1]
+    return f"{base}/{name}{query}"
+
+
+async def create_database(admin_dsn: str) -> str:
+    name = f"trackd_test_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return _with_database(admin_dsn, name)
+
+
+@pytest.fixture(scope="session")
+def database_url(admin_dsn: str) -> str:
+    """A fresh database for this test session."""
+    return asyncio.run(create_database(admin_dsn))
+
+
+@pytest.fixture
+def fresh_database_url(admin_dsn: str) -> str:
+    """A fresh database for one test (for tests that count every row)."""
+    return asyncio.run(create_database(admin_dsn))
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[ServerProcess]:
+    """One real uvicorn server process shared by the end-to-end tests."""
+    srv = ServerProcess(tmp_path_factory.mktemp("trackd"), database_url).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, timeout=10, follow_redirects=False) as c:
+        yield c
+
+
+@pytest.fixture
+def api(server: ServerProcess) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=server.base_url, timeout=10, headers=headers) as c:
+        yield c
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()

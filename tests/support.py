@@ -1,0 +1,120 @@
+"""Helpers the tests share: a real trackd server process, and free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+SIGNING_KEYS = "k2:test-secret-number-two-abcdef,k1:test-secret-number-one-abcdef"
+API_KEY = "test-api-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`trackd serve` in a child process, on loopback, with its own data directory."""
+
+    def __init__(self, data_dir: Path, database_url: str, env: dict[str, str] | None = None,
+                 workers: int = 1) -> None:  # fmt: skip
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        self.log_path = data_dir / f"server-{self.port}.log"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "TRACKD_DATA_DIR": str(data_dir),
+            "TRACKD_HOST": "127.0.0.1",
+            "TRACKD_PORT": str(self.port),
+            "TRACKD_SIGNING_KEYS": SIGNING_KEYS,
+            "TRACKD_API_KEYS": API_KEY,
+            "TRACKD_FLUSH_INTERVAL_MS": "50",
+            **(env or {}),
+        }
+        self.workers = workers
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True, timeout: float = 30) -> ServerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--workers", str(self.workers)],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self if self.proc else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running(*args: object, **kwargs: object) -> Iterator[ServerProcess]:
+    server = ServerProcess(*args, **kwargs)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def wait_for_count(conn: asyncpg.Connection, sql: str, *args: object, expected: int,
+                         timeout: float = 5.0) -> float:  # fmt: skip
+    """Poll until the count query `sql` returns `expected`; return how long it took."""
+    started = time.monotonic()
+    count = None
+    while time.monotonic() - started < timeout:
+        count = await conn.fetchval(sql, *args)
+        if count == expected:
+            return time.monotonic() - started
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"expected {expected}, found {count} after {timeout}s: {sql} {args}")

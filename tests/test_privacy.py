@@ -1,0 +1,103 @@
+"""Client addresses: the socket peer unless it is a trusted proxy; anonymised, kept or dropped.
+User agents trimmed. Machine traffic marked."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+
+from app.classify import machine_reason
+from app.events import RawEvent, RowMaker
+from app.settings import Settings
+from app.tokens import KeyRing
+from tests.support import API_KEY, running, wait_for_count
+
+RING = KeyRing.from_specs(["k1:privacy-test-secret-0123"])
+
+
+def maker(**env: object) -> RowMaker:
+    return RowMaker(Settings(**env))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("peer", "expected"),
+    [
+        ("203.0.113.77", "203.0.113.0/24"),
+        ("2001:db8:abcd:1234:5678::1", "2001:db8:abcd::/48"),
+        ("::ffff:198.51.100.9", "198.51.100.0/24"),
+        ("not-an-ip", None),
+        (None, None),
+    ],
+)
+def test_anonymised_by_default(peer: str | None, expected: str | None) -> None:
+    assert maker().ip_value(peer, None) == expected
+
+
+def test_full_and_drop_modes() -> None:
+    assert maker(ip_mode="full").ip_value("203.0.113.77", None) == "203.0.113.77"
+    assert maker(ip_mode="drop").ip_value("203.0.113.77", None) is None
+
+
+def test_forwarded_for_only_from_trusted_proxies() -> None:
+    trusting = maker(trusted_proxies=["10.0.0.0/8"], ip_mode="full")
+    assert trusting.ip_value("10.1.2.3", b"198.51.100.7") == "198.51.100.7"
+    # The rightmost untrusted hop: a client cannot spoof by prepending addresses.
+    assert trusting.ip_value("10.1.2.3", b"1.2.3.4, 198.51.100.7, 10.9.9.9") == "198.51.100.7"
+    # A peer that is not a trusted proxy: its header is ignored.
+    assert trusting.ip_value("192.0.2.50", b"198.51.100.7") == "192.0.2.50"
+    # No proxies configured: the header is never used.
+    assert maker(ip_mode="full").ip_value("10.1.2.3", b"198.51.100.7") == "10.1.2.3"
+    # Garbage in the header: stop at the last good hop.
+    assert trusting.ip_value("10.1.2.3", b"garbage, 10.0.0.5") == "10.0.0.5"
+
+
+def test_row_trims_and_classifies() -> None:
+    payload = RING.verify(RING.sign_open("c", "r"), 0)
+    assert payload is not None
+    event = RawEvent(1 << 80, 1_700_000_000.5, False, payload, "192.0.2.1", None, b"Mozilla/5.0")
+    row = maker().row(event)
+    assert row[2] == "open" and row[9] is True and row[10] == "apple_privacy_proxy"
+    head = maker().row(event._replace(is_head=True, user_agent=b"\xff\xfebad\x00ua"))
+    assert head[8] == "\ufffd\ufffdbad\ufffdua" and head[10] == "head"
+
+
+@pytest.mark.parametrize(
+    ("kind", "head", "ua", "reason"),
+    [
+        ("click", False, "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120 Safari/537.36", None),
+        ("click", True, "Mozilla/5.0 (Windows NT 10.0) Chrome/120", "head"),
+        ("click", False, "Mozilla/5.0 (compatible; Barracuda Sentinel)", "security_scanner"),
+        ("click", False, "Mozilla/5.0 (compatible; Googlebot/2.1)", "bot"),
+        ("open", False, "Mozilla/5.0", "apple_privacy_proxy"),
+        ("click", False, "Mozilla/5.0", None),
+        ("open", False, None, "no_user_agent"),
+        ("click", False, "python-httpx/0.28.1", None),
+    ],
+)
+def test_machine_reasons(kind: str, head: bool, ua: str | None, reason: str | None) -> None:
+    assert machine_reason(kind, head, ua) == reason
+
+
+async def test_end_to_end_trusted_proxy_and_trimmed_user_agent(tmp_path, database_url: str) -> None:
+    env = {"TRACKD_TRUSTED_PROXIES": "127.0.0.1/32", "TRACKD_USER_AGENT_MAX_BYTES": "64"}
+    campaign = f"priv-{uuid.uuid4()}"
+    with running(tmp_path, database_url, env=env) as srv:
+        signed = httpx.post(
+            f"{srv.base_url}/v1/tracking-urls",
+            json={"campaign_id": campaign, "recipient_id": "r", "links": ["https://example.com/"]},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ).json()
+        path = httpx.URL(signed["click_urls"][0]).raw_path.decode()
+        headers = {"X-Forwarded-For": "198.51.100.200", "User-Agent": "U" * 5000}
+        assert httpx.get(srv.base_url + path, headers=headers).status_code == 302
+    conn = await asyncpg.connect(database_url)
+    try:
+        await wait_for_count(conn, "SELECT count(*) FROM events WHERE campaign_id = $1", campaign, expected=1)
+        row = await conn.fetchrow("SELECT ip, user_agent FROM events WHERE campaign_id = $1", campaign)
+    finally:
+        await conn.close()
+    assert str(row["ip"]) == "198.51.100.0/24"
+    assert row["user_agent"] == "U" * 64
