@@ -163,8 +163,9 @@ async def readyz(svc: Annotated[Services, Depends(services)]) -> JSONResponse:
         "last_commit_age_s": None
         if writer is None or writer.last_commit_at is None
         else round(time.time() - writer.last_commit_at, 3),
-        "backlog_rows": svc.backlog.rows,
-        "backlog_full": svc.backlog.full,
+        "backlog_rows": writer.pending_rows if writer else None,
+        "journal_bytes": svc.journal.own_bytes,
+        "journal_full": svc.journal.full,
     }
     return JSONResponse(body, status_code=200 if svc.ready else 503)
 

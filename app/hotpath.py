@@ -2,11 +2,14 @@
 
 They sit in front of FastAPI so that the requests that make up nearly all traffic pay for no
 routing, middleware or dependency injection: verify the token (HMAC, no database), append the
-event to the backlog (no await), answer. Everything else goes to the wrapped app unchanged.
+event to the journal, answer. The only wait is for this event-loop tick's single journal write
+(shared by every request of the tick), so that no client gets a redirect for an event that is
+not on disk; the database is never waited for. Everything else goes to the wrapped app.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from typing import Any, Protocol
@@ -25,8 +28,8 @@ class ASGIApp(Protocol):
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None: ...
 
 
-class Backlog(Protocol):
-    def append(self, event: RawEvent) -> bool: ...
+class Recorder(Protocol):
+    def append(self, event: RawEvent) -> asyncio.Future[bool] | None: ...
 
 
 def _start(status: int, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -80,8 +83,8 @@ class HotPath:
         self.app = app
         self.keyring = keyring
         self.metrics = metrics
-        # Set by the lifespan once the backlog exists; until then events are counted as dropped.
-        self.backlog: Backlog | None = None
+        # Set by the lifespan once the journal is open; until then events are counted as dropped.
+        self.journal: Recorder | None = None
         self.ids = EventIds()
         self.ua_max = user_agent_max_bytes
         self.capture_xff = capture_forwarded_for
@@ -100,7 +103,7 @@ class HotPath:
                 return await self.pixel(scope, path[3:], send)
         await self.app(scope, receive, send)
 
-    def _record(self, scope: Scope, kind: int, is_head: bool, payload: bytes) -> None:
+    async def _record(self, scope: Scope, kind: int, is_head: bool, payload: bytes) -> None:
         ua = xff = None
         for name, value in scope["headers"]:
             if name == b"user-agent":
@@ -111,12 +114,16 @@ class HotPath:
         now = time.time()
         event = RawEvent(self.ids.next(now), now, is_head, payload, client[0] if client else None, xff, ua)
         key = ("click" if kind == KIND_CLICK else "open", is_head)
-        backlog = self.backlog
-        if backlog is not None and backlog.append(event):
+        journal = self.journal
+        written = journal.append(event) if journal is not None else None
+        if written is None:
+            self.metrics.dropped[key].inc()
+            self.metrics.dropped_full.inc()
+        elif await written:
             self.metrics.recorded[key].inc()
         else:
             self.metrics.dropped[key].inc()
-            self.metrics.dropped_full.inc()
+            self.metrics.dropped_error.inc()
 
     async def click(self, scope: Scope, token: str, send: Any) -> None:
         method = scope["method"]
@@ -131,7 +138,7 @@ class HotPath:
             await send(self._fallback_start or _NOT_FOUND_START)
             await send(_EMPTY_BODY if self._fallback_start else _NOT_FOUND_BODY)
             return
-        self._record(scope, KIND_CLICK, is_head, payload)
+        await self._record(scope, KIND_CLICK, is_head, payload)
         await send(_start(302, [(b"location", click_location(payload)), _NO_STORE, _NO_BODY]))
         await send(_EMPTY_BODY)
 
@@ -147,6 +154,6 @@ class HotPath:
         if payload is None:
             self.metrics.bad_token["open", is_head].inc()
         else:
-            self._record(scope, KIND_OPEN, is_head, payload)
+            await self._record(scope, KIND_OPEN, is_head, payload)
         await send(_PIXEL_START)
         await send(_PIXEL_BODY)

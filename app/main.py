@@ -1,12 +1,15 @@
 """`create_app(settings)`: the hot path in front of FastAPI, and the lifespan that builds and tears
-down everything the app owns (embedded PostgreSQL, pool, backlog, writer)."""
+down everything the app owns (embedded PostgreSQL, journal, pool, writer)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
+from types import FrameType
 from typing import Any
 
 import asyncpg
@@ -17,9 +20,9 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from app import __version__
 from app.api import APIError, ASCIIJSONResponse, ops, v1
-from app.backlog import MemoryBacklog
 from app.db import create_pool, migrate
 from app.hotpath import HotPath
+from app.journal import Journal
 from app.metrics import Metrics
 from app.pgserver import EmbeddedPostgres
 from app.services import Services
@@ -45,7 +48,7 @@ def build_keyring(settings: Settings) -> KeyRing:
 
 async def _prepare_schema(svc: Services) -> None:
     """Migrate, then start the writer. Retries until the database answers: until then the hot
-    path keeps answering and events wait in the backlog."""
+    path keeps answering and events wait in the journal."""
     assert svc.pool is not None and svc.writer is not None
     delay = 0.2
     while True:
@@ -59,6 +62,26 @@ async def _prepare_schema(svc: Services) -> None:
             delay = min(_SCHEMA_RETRY_MAX_S, delay * 2)
     svc.schema_ready = True
     svc.writer.start()
+
+
+def _announce_shutdown_on_sigterm(svc: Services, delay_s: float) -> None:
+    """On SIGTERM, turn /readyz to 503 at once, keep serving for `delay_s`, then hand the signal
+    to uvicorn (which stops accepting, finishes in-flight requests and runs our shutdown)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    server_handler = signal.getsignal(signal.SIGTERM)
+    if not callable(server_handler):
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        svc.shutting_down = True
+        if delay_s > 0:
+            loop.call_soon_threadsafe(loop.call_later, delay_s, server_handler, signum, frame)
+        else:
+            server_handler(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def create_app(settings: Settings | None = None) -> HotPath:
@@ -76,18 +99,27 @@ def create_app(settings: Settings | None = None) -> HotPath:
             embedded = EmbeddedPostgres(settings.data_dir / "pg")
             dsn = await asyncio.to_thread(embedded.start)
             log.info("embedded PostgreSQL at %s (data in %s)", dsn, embedded.pgdata)
+        journal = Journal(
+            settings.journal_root,
+            max_bytes=settings.journal_max_bytes,
+            segment_bytes=settings.segment_bytes,
+            fsync=settings.journal_fsync,
+            fsync_interval_s=settings.journal_fsync_interval_ms / 1000,
+        )
+        journal.open()
         svc = Services(
             settings=settings,
             keyring=keyring,
             metrics=metrics,
-            backlog=MemoryBacklog(settings.buffer_max_events),
+            journal=journal,
             api_keys=tuple(k.encode("utf-8") for k in settings.api_keys),
         )
         svc.pool = await create_pool(settings, dsn)
-        svc.writer = Writer(settings, svc.backlog, svc.pool, metrics)
+        svc.writer = Writer(settings, journal, svc.pool, metrics)
         api.state.services = svc
-        hot.backlog = svc.backlog
+        hot.journal = journal
         schema_task = asyncio.create_task(_prepare_schema(svc), name="trackd-schema")
+        _announce_shutdown_on_sigterm(svc, settings.shutdown_delay_s)
         try:
             yield
         finally:
@@ -95,9 +127,12 @@ def create_app(settings: Settings | None = None) -> HotPath:
             schema_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await schema_task
-            await svc.writer.stop(settings.shutdown_timeout_s)
-            if svc.backlog.rows:
-                log.error("stopping with %d events not committed", svc.backlog.rows)
+            if svc.schema_ready:
+                await svc.writer.stop(settings.shutdown_timeout_s)
+            await journal.close()
+            if svc.writer.pending_rows:
+                log.error("stopped with %d events not yet in PostgreSQL: they stay in %s for the next start",
+                          svc.writer.pending_rows, settings.journal_root)  # fmt: skip
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(svc.pool.close(), 5)
             if embedded is not None:

@@ -36,8 +36,25 @@ class Metrics:
         self.events_dropped = Counter(
             "trackd_events_dropped", "Events answered but not kept, by reason.", ["reason"], registry=r
         )
+        self.events_replayed = Counter(
+            "trackd_events_replayed",
+            "Events committed from journals left by a previous or dead process.",
+            registry=r,
+        )
+        self.events_dead_lettered = Counter(
+            "trackd_events_dead_lettered",
+            "Rows PostgreSQL refused, kept in events_dead_letter instead.",
+            registry=r,
+        )
         self.write_errors = Counter(
             "trackd_write_errors", "Batches that failed to commit, by error class.", ["error"], registry=r
+        )
+        self.write_retries = Counter("trackd_write_retries", "Batch write attempts retried.", registry=r)
+        self.journal_damaged = Counter(
+            "trackd_journal_damaged",
+            "Damage skipped while reading the journal (corrupt_record, torn_tail).",
+            ["kind"],
+            registry=r,
         )
         self.batch_rows = Histogram(
             "trackd_batch_rows",
@@ -58,6 +75,13 @@ class Metrics:
             registry=r,
         )
         self.backlog_rows = Gauge("trackd_backlog_rows", "Events received but not yet committed.", registry=r)
+        self.backlog_bytes = Gauge(
+            "trackd_backlog_bytes", "Journal bytes not yet committed (own and adopted journals).", registry=r
+        )
+        self.journal_bytes = Gauge(
+            "trackd_journal_bytes", "Bytes of this process's journal on disk (capped by TRACKD_JOURNAL_MAX_BYTES).",
+            registry=r,
+        )
         self.backlog_oldest = Gauge(
             "trackd_backlog_oldest_age_seconds", "Age of the oldest event not yet committed.", registry=r
         )
@@ -82,4 +106,5 @@ class Metrics:
             for kind in KINDS
             for head in (False, True)
         }
-        self.dropped_full = self.events_dropped.labels("buffer_full")
+        self.dropped_full = self.events_dropped.labels("journal_full")
+        self.dropped_error = self.events_dropped.labels("journal_write_error")

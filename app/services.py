@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from app.backlog import MemoryBacklog
+from app.journal import Journal
 from app.metrics import Metrics
 from app.settings import Settings
 from app.tokens import KeyRing
@@ -18,7 +18,7 @@ class Services:
     settings: Settings
     keyring: KeyRing
     metrics: Metrics
-    backlog: MemoryBacklog
+    journal: Journal
     pool: asyncpg.Pool | None = None
     writer: Writer | None = None
     schema_ready: bool = False
@@ -28,4 +28,4 @@ class Services:
     @property
     def ready(self) -> bool:
         """Whether this instance should get traffic: set up, not stopping, able to record."""
-        return self.schema_ready and not self.shutting_down and not self.backlog.full
+        return self.schema_ready and not self.shutting_down and not self.journal.full

@@ -11,6 +11,12 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+class FsyncPolicy(str, Enum):
+    never = "never"  # page cache only: survives a process crash, not a machine crash
+    interval = "interval"  # fdatasync every TRACKD_JOURNAL_FSYNC_INTERVAL_MS, off the event loop
+    always = "always"  # fdatasync before any response goes out: slowest, loses nothing
+
+
 class IPMode(str, Enum):
     anonymize = "anonymize"  # IPv4 to /24, IPv6 to /48
     full = "full"
@@ -44,11 +50,20 @@ class Settings(BaseSettings):
     # The writer: how many rows one COPY may carry, how long rows may wait to be batched.
     batch_max_rows: int = Field(default=5000, ge=1)
     flush_interval_ms: int = Field(default=100, ge=1)
-    # Events held while the database cannot take them; past this they are counted as dropped.
-    buffer_max_events: int = Field(default=1_000_000, ge=1)
+    # The journal: where, how large it may grow while PostgreSQL cannot take events (past this,
+    # events are answered but counted as dropped and /readyz turns 503), and how it is synced.
+    journal_dir: Path | None = None  # default: {data_dir}/journal
+    journal_max_bytes: int = Field(default=1 << 30, ge=4096)
+    journal_segment_bytes: int = Field(default=16 << 20, ge=4096)
+    journal_fsync: FsyncPolicy = FsyncPolicy.interval
+    journal_fsync_interval_ms: int = Field(default=1000, ge=1)
+    orphan_scan_interval_s: float = Field(default=5.0, gt=0)
     db_pool_max: int = Field(default=4, ge=1)
     db_statement_timeout_ms: int = Field(default=10_000, ge=100)
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
+    # After SIGTERM: keep serving (with /readyz 503) this long before closing the listener, so
+    # load balancers stop sending first. Kubernetes' preStop sleep does the same job there.
+    shutdown_delay_s: float = Field(default=0.0, ge=0)
 
     @field_validator("database_url", "public_url", "fallback_url", mode="before")
     @classmethod
@@ -78,6 +93,15 @@ class Settings(BaseSettings):
             except InvalidURL as exc:
                 raise ValueError(f"TRACKD_FALLBACK_URL: {exc}") from None
         return value or None
+
+    @property
+    def journal_root(self) -> Path:
+        return self.journal_dir or self.data_dir / "journal"
+
+    @property
+    def segment_bytes(self) -> int:
+        # Several segments fit under the cap, so committed ones can be deleted while others fill.
+        return max(4096, min(self.journal_segment_bytes, self.journal_max_bytes // 8))
 
     @property
     def base_url(self) -> str:

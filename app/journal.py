@@ -1,0 +1,473 @@
+"""The local journal: every recorded event is appended here before its response goes out, and the
+writer ships it to PostgreSQL from here. It is what makes "no recorded interaction is ever lost"
+true across database outages and process crashes.
+
+Layout: one directory per running process under the journal root, holding numbered segment files
+(`00000001.seg`, ...), a `checkpoint` (the position up to which everything is committed to
+PostgreSQL) and a `lock` file held with flock for the life of the process. A directory whose lock
+nobody holds belongs to a process that is gone: a live process adopts it and replays it (that is
+how events survive SIGKILL, and how several workers share one data directory without sharing a
+file). Replays are harmless because event ids are made at receipt and the table ignores ids it
+already has.
+
+Framing of one record: magic (2 bytes) | length u32 | crc32 u32 (of the body, seeded with the
+length) | body. A torn tail (a crash mid-write) or a flipped byte fails the check; the reader
+skips to the next valid record, counts the damage and logs it once per segment.
+
+Writes: the hot path appends events to a list and gets a future; one callback per event-loop tick
+encodes them all and makes a single write() (so a burst of requests costs one system call), then
+resolves the future. Responses are sent only after that: once a client has its redirect, the
+event is in the page cache and survives a crash of the process. How it survives a crash of the
+machine is the fsync policy's business (see docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import struct
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.events import RawEvent
+from app.settings import FsyncPolicy
+
+log = logging.getLogger("trackd.journal")
+
+MAGIC = b"\xd7\x4a"
+_HEADER = struct.Struct("<2sII")
+# id (two u64), received_at, is_head, then the lengths of peer, forwarded-for, user agent, payload
+_BODY = struct.Struct("<QQdBBHHH")
+_MAX_BODY = 1 << 20
+_SEGMENT_SUFFIX = ".seg"
+
+
+def encode(event: RawEvent) -> bytes:
+    peer = event.peer.encode("ascii", "replace") if event.peer else b""
+    xff = (event.forwarded_for or b"")[:0xFFFF]
+    ua = (event.user_agent or b"")[:0xFFFF]
+    body = (
+        _BODY.pack(event.id >> 64, event.id & 0xFFFF_FFFF_FFFF_FFFF, event.received_at, event.is_head,
+                   len(peer), len(xff), len(ua), len(event.payload))
+        + peer + xff + ua + event.payload
+    )  # fmt: skip
+    return _HEADER.pack(MAGIC, len(body), zlib.crc32(body, len(body))) + body
+
+
+def decode_body(body: bytes) -> RawEvent:
+    hi, lo, received_at, is_head, n_peer, n_xff, n_ua, n_payload = _BODY.unpack_from(body)
+    at = _BODY.size
+    peer = body[at : at + n_peer].decode("ascii") or None
+    at += n_peer
+    xff = body[at : at + n_xff] or None
+    at += n_xff
+    ua = body[at : at + n_ua] or None
+    at += n_ua
+    payload = body[at : at + n_payload]
+    if at + n_payload != len(body):
+        raise ValueError("record body has trailing or missing bytes")
+    return RawEvent((hi << 64) | lo, received_at, bool(is_head), payload, peer, xff, ua)
+
+
+@dataclass
+class Damage:
+    """What a reader had to skip."""
+
+    corrupt_records: int = 0
+    corrupt_bytes: int = 0
+    torn_tails: int = 0
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    segment: int
+    offset: int
+
+
+@dataclass
+class Batch:
+    events: list[RawEvent]
+    end: Position
+    source: JournalDir
+
+
+def _segment_name(number: int) -> str:
+    return f"{number:08d}{_SEGMENT_SUFFIX}"
+
+
+def _segments(directory: Path) -> list[int]:
+    numbers = []
+    for path in directory.iterdir():
+        if path.name.endswith(_SEGMENT_SUFFIX) and path.name[:-4].isdigit():
+            numbers.append(int(path.name[:-4]))
+    return sorted(numbers)
+
+
+def try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on `path`, or None if a live process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@dataclass
+class JournalDir:
+    """Reading side of one journal directory: batches from the checkpoint on, commit, clean up.
+
+    `live` is our own journal, still being appended to; any other is an adopted orphan."""
+
+    path: Path
+    lock_fd: int
+    live: bool
+    damage: Damage = field(default_factory=Damage)
+    _read: Position = field(init=False)
+    _committed: Position = field(init=False)
+    _warned: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._committed = self._load_checkpoint()
+        self._read = self._committed
+
+    def _load_checkpoint(self) -> Position:
+        try:
+            segment, offset = (self.path / "checkpoint").read_text().split()
+            return Position(int(segment), int(offset))
+        except (OSError, ValueError):
+            segments = _segments(self.path)
+            return Position(segments[0] if segments else 1, 0)
+
+    def _save_checkpoint(self) -> None:
+        # No fsync: a checkpoint that is too old after a machine crash only means a replay, and
+        # replays add nothing.
+        tmp = self.path / "checkpoint.tmp"
+        tmp.write_text(f"{self._committed.segment} {self._committed.offset}\n")
+        tmp.replace(self.path / "checkpoint")
+
+    def rewind(self) -> None:
+        """Forget what was read but not committed (the batch will be read again)."""
+        self._read = self._committed
+
+    def read(self, max_rows: int, write_position: Position | None = None) -> Batch | None:
+        """Up to `max_rows` events after the last read position. `write_position` (own journal)
+        is where the appender is: never read past it."""
+        events: list[RawEvent] = []
+        position = self._read
+        while len(events) < max_rows:
+            path = self.path / _segment_name(position.segment)
+            limit = -1
+            if write_position is not None and write_position.segment == position.segment:
+                limit = write_position.offset - position.offset
+            try:
+                with path.open("rb") as f:
+                    f.seek(position.offset)
+                    data = f.read(limit)
+            except FileNotFoundError:
+                data = b""
+            offset = self._parse(data, position, events, max_rows)
+            leftover = position.offset + len(data) - offset
+            position = Position(position.segment, offset)
+            if len(events) >= max_rows:
+                break
+            later = [n for n in _segments(self.path) if n > position.segment]
+            if leftover and (later or not self.live):
+                # Bytes that are no whole record at the end of a finished segment: a torn tail.
+                self.damage.torn_tails += 1
+                self.damage.corrupt_bytes += leftover
+                log.warning("journal %s segment %d: torn tail of %d bytes skipped",
+                            self.path, position.segment, leftover)  # fmt: skip
+                position = Position(position.segment, offset + leftover)
+            if not later:
+                break
+            position = Position(later[0], 0)
+        if position == self._read:
+            return None
+        self._read = position
+        return Batch(events, position, self)
+
+    @staticmethod
+    def _valid_at(data: bytes, at: int) -> int | None:
+        """The end of the record starting at `at` if one whole, valid record starts there."""
+        if len(data) - at < _HEADER.size:
+            return None
+        magic, length, crc = _HEADER.unpack_from(data, at)
+        end = at + _HEADER.size + length
+        if magic != MAGIC or length > _MAX_BODY or end > len(data):
+            return None
+        return end if zlib.crc32(data[at + _HEADER.size : end], length) == crc else None
+
+    def _next_valid(self, data: bytes, start: int) -> int | None:
+        at = data.find(MAGIC, start)
+        while at != -1:
+            if self._valid_at(data, at) is not None:
+                return at
+            at = data.find(MAGIC, at + 1)
+        return None
+
+    def _parse(self, data: bytes, start: Position, out: list[RawEvent], max_rows: int) -> int:
+        """Decode records from `data` (which starts at `start`) into `out`; return the offset just
+        after the last whole record consumed. Damaged records are skipped up to the next valid one;
+        an incomplete record at the end is left unconsumed."""
+        at = 0
+        size = len(data)
+        while at < size and len(out) < max_rows:
+            end = self._valid_at(data, at)
+            if end is not None:
+                try:
+                    out.append(decode_body(data[at + _HEADER.size : end]))
+                    at = end
+                    continue
+                except (ValueError, struct.error, UnicodeDecodeError):
+                    resume = self._next_valid(data, at + 1)
+            else:
+                resume = self._next_valid(data, at + 1)
+                if resume is None and self._could_be_partial(data, at):
+                    break  # the record is still being written (own journal) or a torn tail
+            skipped_to = size if resume is None else resume
+            self.damage.corrupt_records += 1
+            self.damage.corrupt_bytes += skipped_to - at
+            if start.segment not in self._warned:
+                self._warned.add(start.segment)
+                log.error("journal %s segment %d: damaged record at offset %d skipped",
+                          self.path, start.segment, start.offset + at)  # fmt: skip
+            at = skipped_to
+        return start.offset + at
+
+    @staticmethod
+    def _could_be_partial(data: bytes, at: int) -> bool:
+        if len(data) - at < _HEADER.size:
+            return data[at : at + 2] == MAGIC[: len(data) - at]
+        magic, length, _ = _HEADER.unpack_from(data, at)
+        return magic == MAGIC and length <= _MAX_BODY and at + _HEADER.size + length > len(data)
+
+    def commit(self, end: Position) -> list[int]:
+        """Everything before `end` is in PostgreSQL: advance the checkpoint and delete the
+        segments that are wholly done. Returns the numbers of the deleted segments."""
+        self._committed = end
+        self._read = max(self._read, end)
+        self._save_checkpoint()
+        done = [n for n in _segments(self.path) if n < end.segment]
+        for number in done:
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / _segment_name(number)).unlink()
+        return done
+
+    @property
+    def committed(self) -> Position:
+        return self._committed
+
+    def exhausted(self) -> bool:
+        """An orphan whose every record is committed."""
+        segments = _segments(self.path)
+        if not segments:
+            return True
+        last = segments[-1]
+        if self._committed.segment < last:
+            return False
+        size = (self.path / _segment_name(last)).stat().st_size
+        return self._committed.offset >= size
+
+    def bytes_pending(self) -> int:
+        total = 0
+        for number in _segments(self.path):
+            with contextlib.suppress(FileNotFoundError):
+                size = (self.path / _segment_name(number)).stat().st_size
+                if number == self._committed.segment:
+                    size -= self._committed.offset
+                total += max(0, size)
+        return total
+
+    def release(self) -> None:
+        """Stop holding this directory (it stays on disk for whoever comes next)."""
+        with contextlib.suppress(OSError):
+            os.close(self.lock_fd)
+
+    def remove(self) -> None:
+        for path in self.path.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+        os.close(self.lock_fd)
+
+
+class Journal:
+    """The appending side of this process's journal directory."""
+
+    def __init__(self, root: Path, *, max_bytes: int, segment_bytes: int, fsync: FsyncPolicy,
+                 fsync_interval_s: float) -> None:  # fmt: skip
+        self.root = root
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self.fsync_interval_s = fsync_interval_s
+        self.appended = 0  # events written to disk by this process
+        self.write_errors = 0
+        self._pending: list[RawEvent] = []
+        self._flushed: asyncio.Future[bool] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd = -1
+        self._segment = 0
+        self._offset = 0
+        self._bytes_since_sync = 0
+        self._disk_bytes = 0
+        self._sizes: dict[int, int] = {}
+        self._sync_task: asyncio.Task[None] | None = None
+        self.own: JournalDir | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def open(self) -> JournalDir:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path.mkdir()
+        lock_fd = try_lock(path / "lock")
+        assert lock_fd is not None, "a fresh journal directory cannot be locked by anyone else"
+        self.own = JournalDir(path, lock_fd, live=True)
+        self._open_segment(1)
+        self._loop = asyncio.get_running_loop()
+        if self.fsync is FsyncPolicy.interval:
+            self._sync_task = asyncio.create_task(self._sync_periodically(), name="trackd-journal-fsync")
+        return self.own
+
+    def _open_segment(self, number: int) -> None:
+        assert self.own is not None
+        if self._fd >= 0:
+            if self.fsync is not FsyncPolicy.never:
+                os.fdatasync(self._fd)
+            os.close(self._fd)
+        self._fd = os.open(self.own.path / _segment_name(number), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._segment, self._offset = number, 0
+        if self.fsync is not FsyncPolicy.never:
+            # The new file's directory entry must be durable too, or a machine crash loses it.
+            dir_fd = os.open(self.own.path, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    async def close(self) -> None:
+        """Write what is pending and stop. The directory stays unless everything is committed."""
+        if self._flushed is not None:
+            self._flush()
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+        if self._fd >= 0:
+            if self.fsync is not FsyncPolicy.never:
+                os.fdatasync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+        own = self.own
+        if own is not None:
+            if own.committed >= self.write_position:
+                own.remove()
+            else:
+                own.release()  # left for the next start to replay
+
+    # -- appending (the hot path) --------------------------------------------------------------
+
+    @property
+    def full(self) -> bool:
+        return self._disk_bytes >= self.max_bytes
+
+    @property
+    def own_bytes(self) -> int:
+        """Bytes of our own segments still on disk: what TRACKD_JOURNAL_MAX_BYTES caps."""
+        return self._disk_bytes
+
+    def forget(self, deleted: list[int]) -> None:
+        """The writer deleted these (fully committed) segments of our own journal."""
+        for number in deleted:
+            self._disk_bytes -= self._sizes.pop(number, 0)
+
+    def append(self, event: RawEvent) -> asyncio.Future[bool] | None:
+        """Queue `event` for this tick's write. Returns a future that is True once the event is
+        written (False if the disk refused it), or None at once if the journal is full."""
+        if self._fd < 0 or self._disk_bytes >= self.max_bytes:
+            return None
+        self._pending.append(event)
+        flushed = self._flushed
+        if flushed is None:
+            assert self._loop is not None
+            flushed = self._flushed = self._loop.create_future()
+            self._loop.call_soon(self._flush)
+        return flushed
+
+    def _flush(self) -> None:
+        events, self._pending = self._pending, []
+        flushed, self._flushed = self._flushed, None
+        data = b"".join([encode(e) for e in events])
+        ok = self._write(data)
+        if ok:
+            self.appended += len(events)
+            if self.fsync is FsyncPolicy.always:
+                os.fdatasync(self._fd)
+        else:
+            self.write_errors += len(events)
+        if flushed is not None and not flushed.done():
+            flushed.set_result(ok)
+        if ok and self._offset >= self.segment_bytes:
+            self._open_segment(self._segment + 1)
+
+    def _write(self, data: bytes) -> bool:
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self._fd, view[written:])
+        except OSError as exc:
+            # Disk full or failing: take back the partial write so no torn record is left.
+            log.error("journal write failed: %s", exc)
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._offset)
+            return False
+        self._offset += written
+        self._sizes[self._segment] = self._offset
+        self._disk_bytes += written
+        self._bytes_since_sync += written
+        return True
+
+    async def _sync_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.fsync_interval_s)
+            if self._bytes_since_sync and self._fd >= 0:
+                self._bytes_since_sync = 0
+                fd = self._fd
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(os.fdatasync, fd)
+
+    @property
+    def write_position(self) -> Position:
+        return Position(self._segment, self._offset)
+
+    def rotate_if_drained(self) -> None:
+        """Start a new segment when the current one is fully committed, so it can be deleted:
+        without this a quiet service would keep its last segment forever, counted against the cap."""
+        assert self.own is not None
+        if self._offset >= self.segment_bytes // 4 and self.own.committed >= self.write_position:
+            self._open_segment(self._segment + 1)
+            self.forget(self.own.commit(Position(self._segment, 0)))
+
+
+def orphans(root: Path, own: Path | None) -> Iterator[JournalDir]:
+    """Journal directories no live process holds: each is locked for us and returned."""
+    if not root.exists():
+        return
+    for path in sorted(p for p in root.iterdir() if p.is_dir()):
+        if own is not None and path == own:
+            continue
+        lock_fd = try_lock(path / "lock")
+        if lock_fd is not None:
+            yield JournalDir(path, lock_fd, live=False)

@@ -1,0 +1,180 @@
+"""The journal on its own: framing, segments, checkpoints, damage, adoption, the byte cap."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.events import RawEvent
+from app.journal import Journal, JournalDir, Position, decode_body, encode, orphans, try_lock
+from app.settings import FsyncPolicy
+
+events = st.builds(
+    RawEvent,
+    st.integers(0, 2**128 - 1),
+    st.floats(0, 2e9, allow_nan=False),
+    st.booleans(),
+    st.binary(min_size=1, max_size=300),
+    st.one_of(st.none(), st.sampled_from(["127.0.0.1", "2001:db8::1"])),
+    st.one_of(st.none(), st.binary(min_size=1, max_size=100)),
+    st.one_of(st.none(), st.binary(min_size=1, max_size=600)),
+)
+
+
+@given(events)
+def test_encode_decode_round_trip(event: RawEvent) -> None:
+    record = encode(event)
+    assert decode_body(record[10:]) == event
+
+
+def make_event(i: int) -> RawEvent:
+    return RawEvent(i, 1_700_000_000.0 + i, False, b"payload-%d" % i, "127.0.0.1", None, b"UA")
+
+
+def open_journal(root: Path, **kw: object) -> Journal:
+    options = {"max_bytes": 1 << 20, "segment_bytes": 4096, "fsync": FsyncPolicy.never, "fsync_interval_s": 1.0}
+    options.update(kw)
+    journal = Journal(root, **options)  # type: ignore[arg-type]
+    journal.open()
+    return journal
+
+
+async def append_all(journal: Journal, n: int, start: int = 0) -> None:
+    futures = [journal.append(make_event(i)) for i in range(start, start + n)]
+    assert all(f is not None for f in futures)
+    assert all(await asyncio.gather(*futures))  # type: ignore[arg-type]
+
+
+async def test_one_write_per_tick_and_reading_back(tmp_path: Path) -> None:
+    journal = open_journal(tmp_path)
+    await append_all(journal, 500)
+    assert journal.appended == 500
+    assert journal.write_position.segment > 1  # 4 KiB segments rotated
+    own = journal.own
+    assert own is not None
+    got: list[RawEvent] = []
+    while (batch := own.read(64, journal.write_position)) is not None:
+        got += batch.events
+        journal.forget(own.commit(batch.end))
+    assert [e.id for e in got] == list(range(500))
+    assert own.damage.corrupt_records == 0
+    # Fully committed segments are deleted, and the cap counts only what is left.
+    assert len(list(own.path.glob("*.seg"))) == 1
+    assert journal.own_bytes < 4096 + 200
+    await journal.close()
+    assert not own.path.exists()  # everything committed: nothing left behind
+
+
+async def test_uncommitted_journal_is_left_and_adopted(tmp_path: Path) -> None:
+    journal = open_journal(tmp_path)
+    await append_all(journal, 50)
+    own_path = journal.own.path  # type: ignore[union-attr]
+    await journal.close()
+    assert own_path.exists()
+    adopted = list(orphans(tmp_path, None))
+    assert [o.path for o in adopted] == [own_path]
+    batch = adopted[0].read(1000)
+    assert batch is not None and [e.id for e in batch.events] == list(range(50))
+    adopted[0].commit(batch.end)
+    assert adopted[0].read(1000) is None and adopted[0].exhausted()
+    adopted[0].remove()
+    assert not own_path.exists()
+
+
+def test_a_live_process_keeps_its_journal(tmp_path: Path) -> None:
+    held = tmp_path / "someone-elses"
+    held.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import fcntl,os,time;fd=os.open({str(held / 'lock')!r},os.O_RDWR|os.O_CREAT);"
+         "fcntl.flock(fd,fcntl.LOCK_EX);print('locked',flush=True);time.sleep(30)"],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+        assert list(orphans(tmp_path, None)) == []
+        assert try_lock(held / "lock") is None
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [o.path for o in orphans(tmp_path, None)] == [held]  # its process is gone: adopt
+
+
+async def _orphan_with(tmp_path: Path, n: int) -> tuple[Path, Path]:
+    journal = open_journal(tmp_path, segment_bytes=1 << 20)
+    await append_all(journal, n)
+    path = journal.own.path  # type: ignore[union-attr]
+    await journal.close()
+    return path, path / "00000001.seg"
+
+
+async def test_torn_tail_is_skipped_and_counted(tmp_path: Path) -> None:
+    _, segment = await _orphan_with(tmp_path, 20)
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-7])  # a crash in the middle of the last record
+    (reader,) = orphans(tmp_path, None)
+    batch = reader.read(1000)
+    assert batch is not None and [e.id for e in batch.events] == list(range(19))
+    assert reader.damage.torn_tails == 1
+    reader.commit(batch.end)
+    assert reader.exhausted()
+
+
+async def test_flipped_byte_loses_only_its_record(tmp_path: Path) -> None:
+    _, segment = await _orphan_with(tmp_path, 20)
+    data = bytearray(segment.read_bytes())
+    record = len(data) // 20
+    data[record * 7 + 20] ^= 0x40  # inside the body of record 7
+    data[record * 12 + 3] ^= 0x01  # inside the length field of record 12
+    segment.write_bytes(bytes(data))
+    (reader,) = orphans(tmp_path, None)
+    batch = reader.read(1000)
+    assert batch is not None
+    assert [e.id for e in batch.events] == [i for i in range(20) if i not in (7, 12)]
+    assert reader.damage.corrupt_records == 2
+
+
+async def test_cap_refuses_appends_when_full(tmp_path: Path) -> None:
+    journal = open_journal(tmp_path, max_bytes=8192, segment_bytes=4096)
+    accepted = refused = 0
+    for i in range(400):
+        future = journal.append(make_event(i))
+        if future is None:
+            refused += 1
+        else:
+            accepted += 1
+            assert await future
+    assert refused > 0 and journal.full
+    assert journal.own_bytes < 8192 + 4096
+    own = journal.own
+    assert own is not None
+    while (batch := own.read(1000, journal.write_position)) is not None:
+        journal.forget(own.commit(batch.end))
+    journal.rotate_if_drained()
+    assert not journal.full  # committed segments deleted: room again
+    assert journal.append(make_event(10_000)) is not None
+    await journal.close()
+
+
+async def test_fsync_always_and_interval_work(tmp_path: Path) -> None:
+    for policy in (FsyncPolicy.always, FsyncPolicy.interval):
+        journal = open_journal(tmp_path / policy.value, fsync=policy, fsync_interval_s=0.01)
+        await append_all(journal, 10)
+        await asyncio.sleep(0.05)
+        await journal.close()
+
+
+def test_checkpoint_survives_reopen(tmp_path: Path) -> None:
+    (tmp_path / "j").mkdir()
+    fd = try_lock(tmp_path / "j" / "lock")
+    assert fd is not None
+    reader = JournalDir(tmp_path / "j", fd, live=False)
+    assert reader.read(10) is None
+    reader.commit(Position(3, 120))
+    reader.release()
+    fd = try_lock(tmp_path / "j" / "lock")
+    assert JournalDir(tmp_path / "j", fd, live=False).committed == Position(3, 120)  # type: ignore[arg-type]
