@@ -154,6 +154,11 @@ class JournalDir:
         tmp.write_text(f"{self._committed.segment} {self._committed.offset}\n")
         tmp.replace(self.path / "checkpoint")
 
+    def take_damage(self) -> Damage:
+        """The damage found since the last call (for the metrics)."""
+        damage, self.damage = self.damage, Damage()
+        return damage
+
     def rewind(self) -> None:
         """Forget what was read but not committed (the batch will be read again)."""
         self._read = self._committed

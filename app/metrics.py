@@ -106,5 +106,7 @@ class Metrics:
             for kind in KINDS
             for head in (False, True)
         }
+        self.journal_damaged_corrupt = self.journal_damaged.labels("corrupt_record")
+        self.journal_damaged_torn = self.journal_damaged.labels("torn_tail")
         self.dropped_full = self.events_dropped.labels("journal_full")
         self.dropped_error = self.events_dropped.labels("journal_write_error")

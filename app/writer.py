@@ -83,7 +83,6 @@ class Writer:
         self._batch: Batch | None = None
         self._next_orphan_scan = 0.0
         self._days: set[dt.date] = set()
-        self._damage_seen = (0, 0)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -169,16 +168,6 @@ class Writer:
         m.journal_bytes.set(self.journal.own_bytes)
         oldest = self.oldest_pending_at()
         m.backlog_oldest.set(0 if oldest is None else max(0.0, time.time() - oldest))
-        damage = [self.journal.own.damage] if self.journal.own else []
-        damage += [o.damage for o in self.orphans]
-        records = sum(d.corrupt_records for d in damage)
-        torn = sum(d.torn_tails for d in damage)
-        seen_records, seen_torn = self._damage_seen
-        if records > seen_records:
-            m.journal_damaged.labels("corrupt_record").inc(records - seen_records)
-        if torn > seen_torn:
-            m.journal_damaged.labels("torn_tail").inc(torn - seen_torn)
-        self._damage_seen = (records, torn)
 
     # -- batches -------------------------------------------------------------------------------
 
@@ -195,6 +184,7 @@ class Writer:
             self._adopt_orphans()
         for orphan in list(self.orphans):
             batch = orphan.read(self.batch_max_rows)
+            self._count_damage(orphan)
             if batch is not None:
                 return batch
             if orphan.exhausted():
@@ -205,9 +195,17 @@ class Writer:
         if own is None:
             return None
         batch = own.read(self.batch_max_rows, self.journal.write_position)
+        self._count_damage(own)
         if batch is None:
             self.journal.rotate_if_drained()
         return batch
+
+    def _count_damage(self, source: JournalDir) -> None:
+        damage = source.take_damage()
+        if damage.corrupt_records:
+            self.metrics.journal_damaged_corrupt.inc(damage.corrupt_records)
+        if damage.torn_tails:
+            self.metrics.journal_damaged_torn.inc(damage.torn_tails)
 
     async def flush_once(self) -> bool:
         """Write one batch. Returns False when there was nothing to write."""

@@ -118,3 +118,22 @@ async def wait_for_count(conn: asyncpg.Connection, sql: str, *args: object, expe
             return time.monotonic() - started
         await asyncio.sleep(0.02)
     raise AssertionError(f"expected {expected}, found {count} after {timeout}s: {sql} {args}")
+
+
+def metric(base_url: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """The value of one sample from /metrics (summed over label sets matching `labels`)."""
+    total, found = 0.0, False
+    for line in httpx.get(f"{base_url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        series, _, value = line.rpartition(" ")
+        series_name, _, label_text = series.partition("{")
+        if series_name != name:
+            continue
+        if labels and not all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            continue
+        total += float(value)
+        found = True
+    if not found:
+        raise KeyError(f"no sample {name} {labels or ''} in /metrics")
+    return total

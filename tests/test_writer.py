@@ -1,0 +1,81 @@
+"""The writer against a real PostgreSQL: idempotent batches and exact per-second counts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from app.db import create_pool, migrate
+from app.events import EventIds, RawEvent
+from app.journal import Journal
+from app.metrics import Metrics
+from app.settings import FsyncPolicy, Settings
+from app.tokens import KeyRing
+from app.writer import Writer, is_data_error
+
+RING = KeyRing.from_specs(["k1:writer-test-secret-0123"])
+
+
+def raw_events(campaign: str, n: int) -> list[RawEvent]:
+    ids = EventIds()
+    now = time.time()
+    payload = RING.verify(RING.sign_click(campaign, "r", 0, "https://example.com/"), 1)
+    assert payload is not None
+    return [RawEvent(ids.next(now), now - i * 0.01, False, payload, "127.0.0.1", None, b"UA") for i in range(n)]
+
+
+@pytest.fixture
+async def writer(tmp_path: Path, database_url: str) -> Writer:
+    settings = Settings(database_url=database_url, data_dir=tmp_path)
+    pool = await create_pool(settings, database_url)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    journal = Journal(tmp_path / "j", max_bytes=1 << 20, segment_bytes=1 << 16, fsync=FsyncPolicy.never,
+                      fsync_interval_s=1)  # fmt: skip
+    yield Writer(settings, journal, pool, Metrics())
+    await pool.close()
+
+
+async def test_a_batch_written_twice_adds_and_counts_nothing_the_second_time(writer: Writer,
+                                                                            db: asyncpg.Connection) -> None:  # fmt: skip
+    rows = writer.rows.rows(raw_events("idempotent", 300))
+    async with writer.pool.acquire() as conn:
+        assert await writer._write(conn, rows, []) == 300
+        # The commit outcome was "unknown" (say the connection dropped as COMMIT went out): retry.
+        assert await writer._write(conn, rows, []) == 0
+        assert await writer._write(conn, rows[:10] + rows[-10:], []) == 0
+    assert await db.fetchval("SELECT count(*) FROM events WHERE campaign_id = 'idempotent'") == 300
+    per_second = await db.fetchval("SELECT sum(events) FROM interactions_per_second WHERE campaign_id = 'idempotent'")
+    assert per_second == 300
+
+
+async def test_per_second_rows_match_the_events(writer: Writer, db: asyncpg.Connection) -> None:
+    rows = writer.rows.rows(raw_events("per-second", 500))
+    async with writer.pool.acquire() as conn:
+        await writer._write(conn, rows[:250], [])
+        await writer._write(conn, rows[200:], [])  # overlapping: the overlap counts once
+    mismatches = await db.fetch(
+        """
+        SELECT e.second, e.n, p.events FROM (
+            SELECT date_trunc('second', occurred_at) AS second, count(*) AS n FROM events
+            WHERE campaign_id = 'per-second' GROUP BY 1) e
+        FULL JOIN (SELECT second, events FROM interactions_per_second WHERE campaign_id = 'per-second') p
+        USING (second) WHERE e.n IS DISTINCT FROM p.events
+        """
+    )
+    assert mismatches == []
+    lag = await db.fetchval("SELECT max(max_lag_ms) FROM interactions_per_second WHERE campaign_id = 'per-second'")
+    assert lag >= 4000  # the oldest row was received ~5 s before it was written
+
+
+def test_data_errors_are_told_from_transient_ones() -> None:
+    assert is_data_error(asyncpg.CheckViolationError("violates check constraint"))
+    assert is_data_error(asyncpg.NotNullViolationError("null value"))
+    assert is_data_error(asyncpg.CharacterNotInRepertoireError("invalid byte sequence"))
+    assert not is_data_error(asyncpg.CheckViolationError('no partition of relation "events" found for row'))
+    assert not is_data_error(asyncpg.QueryCanceledError("canceling statement due to statement timeout"))
+    assert not is_data_error(asyncpg.DeadlockDetectedError("deadlock detected"))
+    assert not is_data_error(ConnectionResetError())
