@@ -39,8 +39,7 @@ async def writer(tmp_path: Path, database_url: str) -> Writer:
     await pool.close()
 
 
-async def test_a_batch_written_twice_adds_and_counts_nothing_the_second_time(writer: Writer,
-                                                                            db: asyncpg.Connection) -> None:  # fmt: skip
+async def test_a_batch_written_twice_adds_and_counts_nothing(writer: Writer, db: asyncpg.Connection) -> None:
     rows = writer.rows.rows(raw_events("idempotent", 300))
     async with writer.pool.acquire() as conn:
         assert await writer._write(conn, rows, []) == 300
