@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import json
+import os
+import socket
 import time
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
+from app import __version__
 from app.services import Services
 from app.tokens import SigningError
 from app.urls import InvalidURL
@@ -135,13 +139,98 @@ FROM events WHERE campaign_id = $1
 
 @v1.get("/campaigns/{campaign_id}/stats", response_model=CampaignStats)
 async def campaign_stats(campaign_id: str, svc: Authorised) -> dict[str, Any]:
+    (row,) = await _fetch(svc, _STATS_SQL, campaign_id)
+    return {"campaign_id": campaign_id, **dict(row)}
+
+
+MAX_SERIES_SECONDS = 3600
+DEFAULT_SERIES_SECONDS = 900
+
+_PER_SECOND_SQL = """
+SELECT extract(epoch FROM s.second)::bigint AS second,
+       coalesce(sum(p.events) FILTER (WHERE p.kind = 'open' AND NOT p.is_machine), 0)::bigint AS opens,
+       coalesce(sum(p.events) FILTER (WHERE p.kind = 'click' AND NOT p.is_machine), 0)::bigint AS clicks,
+       coalesce(sum(p.events) FILTER (WHERE p.kind = 'open' AND p.is_machine), 0)::bigint AS machine_opens,
+       coalesce(sum(p.events) FILTER (WHERE p.kind = 'click' AND p.is_machine), 0)::bigint AS machine_clicks,
+       coalesce(max(p.max_lag_ms), 0) AS max_lag_ms
+FROM generate_series($1::timestamptz, $2::timestamptz, interval '1 second') AS s(second)
+LEFT JOIN interactions_per_second p
+       ON p.second = s.second AND ($3::text IS NULL OR p.campaign_id = $3)
+GROUP BY s.second ORDER BY s.second
+"""
+
+
+def _instant(name: str, value: float | None, default: float) -> dt.datetime:
+    seconds = default if value is None else value
+    if not 0 <= seconds < 2**32:
+        raise APIError(422, "invalid_request", f"{name} must be unix seconds between 0 and 2^32")
+    return dt.datetime.fromtimestamp(int(seconds), dt.UTC)
+
+
+@v1.get("/interactions/per-second")
+async def per_second(
+    svc: Authorised,
+    campaign_id: Annotated[str | None, Query(max_length=255)] = None,
+    since: Annotated[float | None, Query(description="unix seconds, inclusive; default until - 900")] = None,
+    until: Annotated[float | None, Query(description="unix seconds, inclusive; default now")] = None,
+) -> dict[str, Any]:
+    """Opens and clicks per second (people and machines apart), every second of the range present
+    (zeros where nothing happened), from `interactions_per_second`."""
+    end = _instant("until", until, time.time())
+    start = _instant("since", since, end.timestamp() - DEFAULT_SERIES_SECONDS + 1)
+    if start > end:
+        raise APIError(422, "invalid_range", "since must not be after until")
+    if (end - start).total_seconds() >= MAX_SERIES_SECONDS:
+        raise APIError(422, "invalid_range", f"at most {MAX_SERIES_SECONDS} seconds per request")
+    rows = await _fetch(svc, _PER_SECOND_SQL, start, end, campaign_id)
+    return {
+        "campaign_id": campaign_id,
+        "since": int(start.timestamp()),
+        "until": int(end.timestamp()),
+        "series": [dict(r) for r in rows],
+    }
+
+
+async def _fetch(svc: Services, sql: str, *args: object) -> list[asyncpg.Record]:
     if svc.pool is None or not svc.schema_ready:
         raise APIError(503, "unavailable", "the database is not reachable yet")
     try:
-        row = await svc.pool.fetchrow(_STATS_SQL, campaign_id)
+        return await svc.pool.fetch(sql, *args)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise APIError(503, "unavailable", f"the database did not answer: {type(exc).__name__}") from None
-    return {"campaign_id": campaign_id, **dict(row)}
+
+
+@v1.get("/status")
+async def status(svc: Authorised) -> dict[str, Any]:
+    """This instance's view: is anything queued up, and how late are we?"""
+    writer = svc.writer
+    now = time.time()
+    oldest = writer.oldest_pending_at() if writer else None
+    last = writer.last_commit_at if writer else None
+    return {
+        "instance": {"host": socket.gethostname(), "pid": os.getpid(), "version": __version__},
+        "ready": svc.ready,
+        "schema_ready": svc.schema_ready,
+        "shutting_down": svc.shutting_down,
+        "writer": {
+            "state": writer.state if writer else "starting",
+            "last_error": writer.last_error if writer else None,
+            "last_commit_at": last,
+            "last_commit_age_s": None if last is None else round(now - last, 3),
+        },
+        "backlog": {
+            "rows": writer.pending_rows if writer else 0,
+            "bytes": writer.pending_bytes() if writer else 0,
+            "oldest_pending_age_s": None if oldest is None else round(now - oldest, 3),
+            "adopted_journals": len(writer.orphans) if writer else 0,
+        },
+        "journal": {
+            "bytes": svc.journal.own_bytes,
+            "max_bytes": svc.journal.max_bytes,
+            "full": svc.journal.full,
+            "fsync": svc.settings.journal_fsync.value,
+        },
+    }
 
 
 ops = APIRouter()
@@ -172,4 +261,4 @@ async def readyz(svc: Annotated[Services, Depends(services)]) -> JSONResponse:
 
 @ops.get("/metrics", include_in_schema=False)
 async def metrics(svc: Annotated[Services, Depends(services)]) -> Response:
-    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(svc.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

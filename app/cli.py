@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import sys
 
 from app.settings import Settings
@@ -26,6 +27,13 @@ def serve(args: argparse.Namespace) -> int:
     port = args.port or settings.port
     os.environ["TRACKD_HOST"], os.environ["TRACKD_PORT"] = host, str(port)
     embedded = None
+    if args.workers > 1 and settings.prometheus_multiproc_dir is None:
+        # Must be in the environment before the workers import prometheus_client; emptied so
+        # that no previous run's counters are added to this one's.
+        metrics_dir = (settings.data_dir / "prometheus").resolve()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     if args.workers > 1 and settings.database_url is None:
         # Several workers share one embedded server, started (and stopped) here, not by each.
         embedded = EmbeddedPostgres(settings.data_dir / "pg")

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from typing import Any, Protocol
 
+from app.classify import is_machine
 from app.events import EventIds, RawEvent
 from app.metrics import Metrics
 from app.tokens import KIND_CLICK, KIND_OPEN, KeyRing, click_location
+
+log = logging.getLogger("trackd.hotpath")
 
 Scope = dict[str, Any]
 
@@ -88,6 +92,7 @@ class HotPath:
         self.ids = EventIds()
         self.ua_max = user_agent_max_bytes
         self.capture_xff = capture_forwarded_for
+        self._error_logged = False
         self._fallback_start = (
             None
             if fallback_url is None
@@ -98,12 +103,26 @@ class HotPath:
         if scope["type"] == "http":
             path: str = scope["path"]
             if path.startswith("/c/"):
-                return await self.click(scope, path[3:], send)
+                return await self._guarded("click", self.click, scope, path[3:], send)
             if path.startswith("/o/"):
-                return await self.pixel(scope, path[3:], send)
+                return await self._guarded("open", self.pixel, scope, path[3:], send)
         await self.app(scope, receive, send)
 
-    async def _record(self, scope: Scope, kind: int, is_head: bool, payload: bytes) -> None:
+    async def _guarded(self, kind: str, handler: Any, scope: Scope, token: str, send: Any) -> None:
+        started = time.perf_counter()
+        try:
+            await handler(scope, token, send)
+        except Exception:
+            # Nothing here is expected to fail; if it does, count it (an alert fires on any) and
+            # let uvicorn answer 500 if no response started. One log line, not a flood.
+            self.metrics.hot_errors[kind].inc()
+            if not self._error_logged:
+                self._error_logged = True
+                log.exception("unexpected error on the %s path (logged once)", kind)
+            raise
+        self.metrics.duration[kind].observe(time.perf_counter() - started)
+
+    async def _record(self, scope: Scope, kind: str, is_head: bool, payload: bytes) -> None:
         ua = xff = None
         for name, value in scope["headers"]:
             if name == b"user-agent":
@@ -113,17 +132,25 @@ class HotPath:
         client = scope.get("client")
         now = time.time()
         event = RawEvent(self.ids.next(now), now, is_head, payload, client[0] if client else None, xff, ua)
-        key = ("click" if kind == KIND_CLICK else "open", is_head)
+        machine = is_machine(kind, is_head, ua)
         journal = self.journal
         written = journal.append(event) if journal is not None else None
         if written is None:
-            self.metrics.dropped[key].inc()
+            self.metrics.outcome[kind, "dropped", machine].inc()
             self.metrics.dropped_full.inc()
         elif await written:
-            self.metrics.recorded[key].inc()
+            self.metrics.outcome[kind, "recorded", machine].inc()
         else:
-            self.metrics.dropped[key].inc()
+            self.metrics.outcome[kind, "dropped", machine].inc()
             self.metrics.dropped_error.inc()
+
+    def _bad_token(self, scope: Scope, kind: str, is_head: bool) -> None:
+        ua = None
+        for name, value in scope["headers"]:
+            if name == b"user-agent":
+                ua = value[: self.ua_max]
+                break
+        self.metrics.outcome[kind, "bad_token", is_machine(kind, is_head, ua)].inc()
 
     async def click(self, scope: Scope, token: str, send: Any) -> None:
         method = scope["method"]
@@ -134,11 +161,11 @@ class HotPath:
             return
         payload = self.keyring.verify(token, KIND_CLICK)
         if payload is None:
-            self.metrics.bad_token["click", is_head].inc()
+            self._bad_token(scope, "click", is_head)
             await send(self._fallback_start or _NOT_FOUND_START)
             await send(_EMPTY_BODY if self._fallback_start else _NOT_FOUND_BODY)
             return
-        await self._record(scope, KIND_CLICK, is_head, payload)
+        await self._record(scope, "click", is_head, payload)
         await send(_start(302, [(b"location", click_location(payload)), _NO_STORE, _NO_BODY]))
         await send(_EMPTY_BODY)
 
@@ -152,8 +179,8 @@ class HotPath:
         # A bad token still gets the image: a broken image in the mail helps nobody.
         payload = self.keyring.verify(name[:-4], KIND_OPEN) if name.endswith(".gif") else None
         if payload is None:
-            self.metrics.bad_token["open", is_head].inc()
+            self._bad_token(scope, "open", is_head)
         else:
-            await self._record(scope, KIND_OPEN, is_head, payload)
+            await self._record(scope, "open", is_head, payload)
         await send(_PIXEL_START)
         await send(_PIXEL_BODY)

@@ -61,7 +61,15 @@ async def _prepare_schema(svc: Services) -> None:
             await asyncio.sleep(delay)
             delay = min(_SCHEMA_RETRY_MAX_S, delay * 2)
     svc.schema_ready = True
+    svc.metrics.ready.set(1 if svc.ready else 0)
     svc.writer.start()
+
+
+async def _publish_readiness(svc: Services) -> None:
+    """Keep `trackd_ready` current, so that readiness flapping shows in Prometheus."""
+    while True:
+        svc.metrics.ready.set(1 if svc.ready else 0)
+        await asyncio.sleep(1)
 
 
 def _announce_shutdown_on_sigterm(svc: Services, delay_s: float) -> None:
@@ -76,6 +84,7 @@ def _announce_shutdown_on_sigterm(svc: Services, delay_s: float) -> None:
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         svc.shutting_down = True
+        svc.metrics.ready.set(0)
         if delay_s > 0:
             loop.call_soon_threadsafe(loop.call_later, delay_s, server_handler, signum, frame)
         else:
@@ -86,7 +95,7 @@ def _announce_shutdown_on_sigterm(svc: Services, delay_s: float) -> None:
 
 def create_app(settings: Settings | None = None) -> HotPath:
     settings = settings or Settings()
-    metrics = Metrics()
+    metrics = Metrics(settings.prometheus_multiproc_dir)
     keyring = build_keyring(settings)
     if not settings.api_keys:
         log.warning("TRACKD_API_KEYS is not set: the /v1 API refuses every request")
@@ -119,14 +128,17 @@ def create_app(settings: Settings | None = None) -> HotPath:
         api.state.services = svc
         hot.journal = journal
         schema_task = asyncio.create_task(_prepare_schema(svc), name="trackd-schema")
+        readiness_task = asyncio.create_task(_publish_readiness(svc), name="trackd-readiness")
         _announce_shutdown_on_sigterm(svc, settings.shutdown_delay_s)
         try:
             yield
         finally:
             svc.shutting_down = True
-            schema_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await schema_task
+            metrics.ready.set(0)
+            for task in (schema_task, readiness_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if svc.schema_ready:
                 await svc.writer.stop(settings.shutdown_timeout_s)
             await journal.close()
@@ -135,6 +147,7 @@ def create_app(settings: Settings | None = None) -> HotPath:
                           svc.writer.pending_rows, settings.journal_root)  # fmt: skip
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(svc.pool.close(), 5)
+            metrics.process_exiting()
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
 

@@ -1,29 +1,55 @@
 """Prometheus metrics. One registry per app (no process-global state), children bound once.
 
 No label ever carries a token, URL, campaign or recipient: series counts stay fixed however
-many links are clicked.
+many links are clicked. With several worker processes (`trackd serve --workers N`) the values
+live in PROMETHEUS_MULTIPROC_DIR and every scrape, whichever worker answers it, adds them all up.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+import os
+from pathlib import Path
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
 
 from app import __version__
 
 KINDS = ("open", "click")
+OUTCOMES = ("recorded", "bad_token", "dropped")
+# Hot-path latency: the bulk of answers take tens of microseconds; anything past 100 ms is a fault.
+REQUEST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
         # `*_created` series double the exposition size and no dashboard of ours uses them.
         disable_created_metrics()
-        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = multiprocess_dir
+        self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.interactions = Counter(
             "trackd_interactions",
-            "Tracked requests answered, by kind and outcome (recorded, bad_token, dropped).",
-            ["kind", "outcome", "method"],
+            "Tracked requests answered, by kind, outcome (recorded, bad_token, dropped) and machine or person.",
+            ["kind", "outcome", "machine"],
             registry=r,
+        )
+        self.request_duration = Histogram(
+            "trackd_request_duration_seconds",
+            "Time to answer a click redirect or a pixel, on the hot path.",
+            ["kind"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.hot_path_errors = Counter(
+            "trackd_hot_path_errors", "Unexpected errors while answering /c/ or /o/.", ["kind"], registry=r
         )
         self.events_written = Counter(
             "trackd_events_written", "Event rows committed to PostgreSQL (new rows only).", registry=r
@@ -74,39 +100,62 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
             registry=r,
         )
-        self.backlog_rows = Gauge("trackd_backlog_rows", "Events received but not yet committed.", registry=r)
+        self.backlog_rows = Gauge(
+            "trackd_backlog_rows", "Events received but not yet committed.", registry=r, multiprocess_mode="livesum"
+        )
         self.backlog_bytes = Gauge(
-            "trackd_backlog_bytes", "Journal bytes not yet committed (own and adopted journals).", registry=r
+            "trackd_backlog_bytes",
+            "Journal bytes not yet committed (own and adopted journals).",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.journal_bytes = Gauge(
-            "trackd_journal_bytes", "Bytes of this process's journal on disk (capped by TRACKD_JOURNAL_MAX_BYTES).",
+            "trackd_journal_bytes",
+            "Bytes of this process's journal on disk (capped by TRACKD_JOURNAL_MAX_BYTES).",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.backlog_oldest = Gauge(
-            "trackd_backlog_oldest_age_seconds", "Age of the oldest event not yet committed.", registry=r
+            "trackd_backlog_oldest_age_seconds",
+            "Age of the oldest event not yet committed.",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.writer_up = Gauge(
-            "trackd_writer_up", "1 while the last attempt to reach PostgreSQL succeeded.", registry=r
+            "trackd_writer_up",
+            "1 while the last attempt to reach PostgreSQL succeeded.",
+            registry=r,
+            multiprocess_mode="livemin",
         )
-        Info("trackd_build", "Build information.", registry=r).info({"version": __version__})
+        self.ready = Gauge(
+            "trackd_ready", "1 while this instance reports ready (/readyz).", registry=r, multiprocess_mode="livemin"
+        )
+        Gauge(
+            "trackd_build_info", "Build information.", ["version"], registry=r, multiprocess_mode="max"
+        ).labels(__version__).set(1)
 
         # Bound once: the hot path increments a ready child, no label lookup per request.
-        self.recorded = {
-            (kind, head): self.interactions.labels(kind, "recorded", "HEAD" if head else "GET")
+        self.outcome = {
+            (kind, outcome, machine): self.interactions.labels(kind, outcome, "true" if machine else "false")
             for kind in KINDS
-            for head in (False, True)
+            for outcome in OUTCOMES
+            for machine in (False, True)
         }
-        self.bad_token = {
-            (kind, head): self.interactions.labels(kind, "bad_token", "HEAD" if head else "GET")
-            for kind in KINDS
-            for head in (False, True)
-        }
-        self.dropped = {
-            (kind, head): self.interactions.labels(kind, "dropped", "HEAD" if head else "GET")
-            for kind in KINDS
-            for head in (False, True)
-        }
+        self.duration = {kind: self.request_duration.labels(kind) for kind in KINDS}
+        self.hot_errors = {kind: self.hot_path_errors.labels(kind) for kind in KINDS}
         self.journal_damaged_corrupt = self.journal_damaged.labels("corrupt_record")
         self.journal_damaged_torn = self.journal_damaged.labels("torn_tail")
         self.dropped_full = self.events_dropped.labels("journal_full")
         self.dropped_error = self.events_dropped.labels("journal_write_error")
+
+    def exposition(self) -> bytes:
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(self.multiprocess_dir))
+        return generate_latest(registry)
+
+    def process_exiting(self) -> None:
+        """Drop this process's live gauges from the shared directory (counters stay counted)."""
+        if self.multiprocess_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), str(self.multiprocess_dir))

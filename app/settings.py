@@ -34,6 +34,11 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "TRACKD_DATABASE_URL"))
     data_dir: Path = Path(".trackd")
+    # Set (by `trackd serve --workers N`, or by you) when several processes serve one port:
+    # prometheus_client then keeps values in files there, and /metrics adds up every process.
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "TRACKD_PROMETHEUS_MULTIPROC_DIR")
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = None

@@ -13,21 +13,22 @@ import httpx
 import pytest
 
 from app.pgserver import EmbeddedPostgres
-from tests.support import API_KEY, ServerProcess
+from tests.support import API_KEY, ServerProcess, postgres_dir
 
 
 @pytest.fixture(scope="session")
-def embedded_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres | None]:
+def embedded_pg() -> Iterator[EmbeddedPostgres | None]:
     """The embedded server, or None when the tests run against DATABASE_URL."""
     if os.environ.get("DATABASE_URL"):
         yield None
         return
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", fast_unsafe=True)
-    pg.start()
-    try:
-        yield pg
-    finally:
-        pg.stop("immediate")
+    with postgres_dir() as path:
+        pg = EmbeddedPostgres(path / "data", fast_unsafe=True)
+        pg.start()
+        try:
+            yield pg
+        finally:
+            pg.stop("immediate")
 
 
 @pytest.fixture(scope="session")

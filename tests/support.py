@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,18 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 SIGNING_KEYS = "k2:test-secret-number-two-abcdef,k1:test-secret-number-one-abcdef"
 API_KEY = "test-api-key-0123456789"
+
+
+@contextlib.contextmanager
+def postgres_dir() -> Iterator[Path]:
+    """A directory for an embedded PostgreSQL's data. Not under pytest's tmp_path: pytest makes
+    its base directory 0700 at every session start, which would lock the server's own user out
+    whenever another pytest session starts on the same machine."""
+    path = Path(tempfile.mkdtemp(prefix="trackd-test-pg-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ import pytest
 
 from app.pgserver import EmbeddedPostgres
 from app.tokens import KIND_CLICK, KIND_OPEN, KeyRing
-from tests.support import API_KEY, ROOT, SIGNING_KEYS, ServerProcess
+from tests.support import API_KEY, ROOT, SIGNING_KEYS, ServerProcess, postgres_dir
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -65,9 +65,14 @@ def _clicks(server: ServerProcess, campaign: str) -> int:
 
 
 @pytest.mark.e2e
-def test_serve_on_embedded_postgres_stops_it_and_reuses_its_data(tmp_path: Path) -> None:
+def test_serve_on_embedded_postgres_stops_it_and_reuses_its_data() -> None:
     """`make run`: no DATABASE_URL, so trackd starts PostgreSQL in its data directory, and stops
     it on SIGTERM; the next start finds the same data."""
+    with postgres_dir() as data_dir:
+        _serve_twice(data_dir)
+
+
+def _serve_twice(tmp_path: Path) -> None:
     campaign = f"embedded-{uuid.uuid4()}"
     server = ServerProcess(tmp_path, database_url="", env={"TRACKD_SIGNING_KEYS": ""})
     pg = EmbeddedPostgres(tmp_path / "pg")

@@ -22,7 +22,7 @@ import pytest
 
 from app.pgserver import EmbeddedPostgres
 from tests.loadclient import Load, p99, served, signed_paths
-from tests.support import ServerProcess, metric
+from tests.support import ServerProcess, metric, postgres_dir
 
 pytestmark = pytest.mark.faults
 
@@ -35,14 +35,15 @@ FAULT_ENV = {
 
 
 @pytest.fixture
-def pg(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+def pg() -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL of this test's own, so that the test may stop it, lock it, restart it."""
-    server = EmbeddedPostgres(tmp_path / "pg", fast_unsafe=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop("immediate")
+    with postgres_dir() as path:
+        server = EmbeddedPostgres(path / "pg", fast_unsafe=True)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop("immediate")
 
 
 def trackd(tmp_path: Path, pg: EmbeddedPostgres, **env: str) -> ServerProcess:
@@ -57,6 +58,16 @@ async def rows_by_recipient(dsn: str, campaign: str) -> Counter[str]:
     finally:
         await conn.close()
     return Counter({r["recipient_id"]: r["n"] for r in rows})
+
+
+async def per_second_total(dsn: str, campaign: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(
+            "SELECT coalesce(sum(events), 0) FROM interactions_per_second WHERE campaign_id = $1", campaign
+        )
+    finally:
+        await conn.close()
 
 
 async def settle(dsn: str, campaign: str, expected: set[str], timeout: float = 60) -> Counter[str]:
@@ -111,6 +122,7 @@ async def test_database_down_for_60_seconds(tmp_path: Path, pg: EmbeddedPostgres
         rows = await settle(pg.dsn, campaign, served(outcomes))
         assert_exactly_once(rows, served(outcomes), len(paths))
         assert len(rows) == len(paths)
+        assert await per_second_total(pg.dsn, campaign) == len(rows)  # the per-second table agrees
         assert metric(srv.base_url, "trackd_writer_up") == 1
         assert metric(srv.base_url, "trackd_write_errors_total") > 0
         assert httpx.get(f"{srv.base_url}/readyz").json()["writer"] == "running"
@@ -261,13 +273,7 @@ async def test_replaying_the_same_journal_twice_adds_nothing(tmp_path: Path, pg:
         assert metric(again.base_url, "trackd_events_replayed_total") == 2 * len(served(outcomes))
         assert metric(again.base_url, "trackd_events_duplicate_total") == len(served(outcomes))
     assert_exactly_once(rows, served(outcomes), len(paths))
-    conn = await asyncpg.connect(pg.dsn)
-    try:
-        per_second = await conn.fetchval("SELECT sum(events) FROM interactions_per_second WHERE campaign_id = $1",
-                                         campaign)  # fmt: skip
-    finally:
-        await conn.close()
-    assert per_second == len(rows) == len(served(outcomes))
+    assert await per_second_total(pg.dsn, campaign) == len(rows) == len(served(outcomes))
 
 
 async def test_full_journal_drops_counts_and_recovers(tmp_path: Path, pg: EmbeddedPostgres) -> None:
