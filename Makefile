@@ -5,7 +5,11 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check --no-input
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench loadtest constraints clean
+.PHONY: run test test-fast lint deps-debian constraints clean
+
+# Debian packages the tests drive, as command:package. Installed with apt-get when we are root;
+# otherwise make stops and names them.
+DEBIAN_TOOLS := chromium:chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +21,25 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/trackd serve
 
-test: $(STAMP)
+deps-debian:
+	@missing=""; \
+	for pair in $(DEBIAN_TOOLS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null; \
+	  else \
+	    echo "the tests need the Debian packages:$$missing -- run: sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	fi
+
+test: $(STAMP) deps-debian
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) deps-debian
 	$(BIN)/python -m pytest -m "not faults"
 
 lint: $(STAMP)

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_fastapi_instrumentator import Instrumentator
 
-from app import __version__
+from app import __version__, dashboard
 from app.api import APIError, ASCIIJSONResponse, ops, v1
 from app.db import create_pool, migrate
 from app.hotpath import HotPath
@@ -160,6 +160,8 @@ def create_app(settings: Settings | None = None) -> HotPath:
     )
     api.include_router(v1)
     api.include_router(ops)
+    api.include_router(dashboard.router)
+    api.mount("/dashboard/assets", dashboard.assets(), name="dashboard-assets")
 
     @api.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:

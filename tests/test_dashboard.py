@@ -1,0 +1,111 @@
+"""The live dashboard, driven in a real headless Chromium: it asks for a key, then its numbers and
+charts follow the clicks and opens we send. Also takes the README's screenshot."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.loadclient import Load, signed_paths
+from tests.support import API_KEY, ROOT, ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Chromium's background services would try the network, which this machine does not have.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is missing: `make test` installs the Debian package chromium (apt-get install chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def send(server: ServerProcess, paths: list[str], rate: float = 200) -> None:
+    """Send from another thread: the test's own thread is busy driving the browser."""
+    runner = threading.Thread(target=asyncio.run, args=(Load("127.0.0.1", server.port, paths, rate=rate).run(),))
+    runner.start()
+    runner.join(60)
+
+
+def logged_in(browser: Browser, server: ServerProcess) -> Page:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{server.base_url}/dashboard")
+    expect(page.locator("#login")).to_be_visible()
+    page.fill("#api-key", API_KEY)
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#state")).to_have_text("live", timeout=10_000)
+    assert errors == []
+    return page
+
+
+def test_page_and_assets_are_served_by_trackd(server: ServerProcess) -> None:
+    page = httpx.get(f"{server.base_url}/dashboard")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
+    for asset in ("dashboard.js", "dashboard.css", "vendor/uplot/uPlot.iife.min.js", "vendor/uplot/uPlot.min.css"):
+        assert httpx.get(f"{server.base_url}/dashboard/assets/{asset}").status_code == 200, asset
+    assert httpx.get(f"{server.base_url}/dashboard/assets/../settings.py").status_code == 404
+
+
+def test_a_wrong_key_is_refused(browser: Browser, server: ServerProcess) -> None:
+    page = browser.new_page()
+    page.goto(f"{server.base_url}/dashboard")
+    page.fill("#api-key", "not-the-key")
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#login-error")).to_have_text("That key was refused.", timeout=10_000)
+    page.close()
+
+
+def test_numbers_and_charts_follow_the_traffic(browser: Browser, server: ServerProcess) -> None:
+    campaign = f"dash-{uuid.uuid4().hex[:8]}"
+    page = logged_in(browser, server)
+    page.fill("#campaign", campaign)
+    page.dispatch_event("#campaign", "change")
+    expect(page.locator("#clicks-total")).to_have_text("0", timeout=10_000)
+    expect(page.locator("#opens-total")).to_have_text("0")
+
+    send(server, signed_paths(campaign, 48, click_share=0.25))  # 12 clicks, 36 opens
+    expect(page.locator("#clicks-total")).to_have_text("12", timeout=15_000)
+    expect(page.locator("#opens-total")).to_have_text("36", timeout=15_000)
+    # The charts (not only the tiles) carry the numbers: what each one plots, summed.
+    expect(page.locator("#chart-clicks")).to_have_attribute("data-total", "12")
+    expect(page.locator("#chart-opens")).to_have_attribute("data-total", "36")
+    for chart in ("opens", "clicks", "lag", "backlog"):
+        assert page.locator(f"#chart-{chart} canvas").count() == 1
+
+    send(server, signed_paths(campaign + "-more", 10))
+    page.fill("#campaign", "")
+    page.dispatch_event("#campaign", "change")
+    expect(page.locator("#clicks-total")).not_to_have_text("12", timeout=15_000)
+    page.close()
+
+
+def test_screenshot_for_the_readme(browser: Browser, server: ServerProcess) -> None:
+    page = logged_in(browser, server)
+    for i in range(8):  # some seconds of uneven traffic, so that the charts have a shape
+        send(server, signed_paths(f"shot-{i}", 30 + 40 * (i % 3), click_share=0.3), rate=60 + 40 * (i % 3))
+    page.wait_for_timeout(2000)
+    expect(page.locator("#state")).to_have_text("live")
+    target = ROOT / "docs" / "dashboard.png"
+    target.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(target), full_page=True)
+    assert target.stat().st_size > 20_000
+    page.close()
