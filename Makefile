@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check --no-input
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench loadtest constraints clean
+.PHONY: run test test-fast lint bench loadtest constraints sizing clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Replicas, CPU and database load for PEAK interactions/s from docs/bench/latest.json, written
+# into k8s/overlays/prod (docs/scaling.md). e.g. make sizing PEAK=50000 HEADROOM=0.6
+PEAK     ?= 50000
+HEADROOM ?= 0.6
+sizing: $(STAMP)
+	$(BIN)/trackd sizing --peak $(PEAK) --headroom $(HEADROOM) --write-overlay
 
 constraints: $(STAMP)
 	{ echo "# Exact versions of every package trackd and its tests install, transitive ones included."; \
