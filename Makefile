@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check --no-input
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint deps-debian constraints clean
+.PHONY: run test test-fast lint deps-debian constraints sizing clean
 
 # Debian packages the tests drive, as command:package. Installed with apt-get when we are root;
 # otherwise make stops and names them.
@@ -45,6 +45,13 @@ test-fast: $(STAMP) deps-debian
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Replicas, CPU and database load for PEAK interactions/s from docs/bench/latest.json, written
+# into k8s/overlays/prod (docs/scaling.md). e.g. make sizing PEAK=50000 HEADROOM=0.6
+PEAK     ?= 50000
+HEADROOM ?= 0.6
+sizing: $(STAMP)
+	$(BIN)/trackd sizing --peak $(PEAK) --headroom $(HEADROOM) --write-overlay
 
 constraints: $(STAMP)
 	{ echo "# Exact versions of every package trackd and its tests install, transitive ones included."; \

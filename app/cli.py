@@ -1,4 +1,4 @@
-"""`trackd serve | sign | migrate | keygen`."""
+"""`trackd serve | sign | migrate | keygen | sizing`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import os
 import secrets
 import shutil
 import sys
+from pathlib import Path
 
+from app import sizing
 from app.settings import Settings
 
 
@@ -105,6 +107,20 @@ def keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def sizing_cmd(args: argparse.Namespace) -> int:
+    try:
+        bench = sizing.load_bench(args.bench)
+        plan = sizing.plan(bench, args.peak, args.headroom, args.min_replicas, args.wal_bytes_per_row)
+    except sizing.SizingError as exc:
+        print(f"trackd sizing: {exc}", file=sys.stderr)
+        return 2
+    print(sizing.report(plan), end="")
+    if args.write_overlay:
+        for path in sizing.write_overlay(plan, args.overlay):
+            print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trackd", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("TRACKD_LOG_LEVEL", "info"))
@@ -129,6 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("keygen", help="print a new signing key for TRACKD_SIGNING_KEYS")
     p.add_argument("--kid", default="k1")
     p.set_defaults(func=keygen)
+
+    p = sub.add_parser("sizing", help="replicas, CPU and database load for a peak rate, from the benchmark")
+    p.add_argument("--bench", type=Path, default=sizing.DEFAULT_BENCH, help="make bench output (JSON)")
+    p.add_argument("--peak", type=float, required=True, help="peak interactions/s to plan for")
+    p.add_argument("--headroom", type=float, default=sizing.DEFAULT_HEADROOM, help="fraction of capacity to run at")
+    p.add_argument("--min-replicas", type=int, default=sizing.DEFAULT_MIN_REPLICAS)
+    p.add_argument("--wal-bytes-per-row", type=int, default=sizing.DEFAULT_WAL_BYTES_PER_ROW)
+    p.add_argument("--write-overlay", action="store_true", help="write the numbers into the prod overlay")
+    p.add_argument("--overlay", type=Path, default=sizing.DEFAULT_OVERLAY)
+    p.set_defaults(func=sizing_cmd)
 
     args = parser.parse_args(argv)
     _logging(args.log_level)
