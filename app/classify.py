@@ -43,7 +43,11 @@ def _user_agent_reason(kind: str, user_agent: bytes | None) -> str | None:
     return machine_reason(kind, False, user_agent.decode("utf-8", "replace") if user_agent else None)
 
 
+def reason_for(kind: str, is_head: bool, user_agent: bytes | None) -> str | None:
+    """`machine_reason` on the raw header: user agents repeat, so a bounded cache makes the
+    regular expressions run once per distinct agent, not once per event."""
+    return "head" if is_head else _user_agent_reason(kind, user_agent)
+
+
 def is_machine(kind: str, is_head: bool, user_agent: bytes | None) -> bool:
-    """The hot path's cheap form of `machine_reason`: user agents repeat, so a bounded cache
-    makes the regular expressions run once per distinct agent, not once per request."""
     return is_head or _user_agent_reason(kind, user_agent) is not None

@@ -9,6 +9,7 @@ writer, off the request path.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import itertools
 import secrets
@@ -16,7 +17,7 @@ import uuid
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from app.classify import machine_reason
+from app.classify import reason_for
 from app.settings import IPMode, Settings
 from app.tokens import KIND_CLICK, parse_payload
 
@@ -65,6 +66,9 @@ class RowMaker:
     def __init__(self, settings: Settings) -> None:
         self.ip_mode = settings.ip_mode
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies]
+        # Parsing and masking an address in `ipaddress` costs microseconds and the same clients
+        # (and proxies) come back again and again: remember the answers, within a bound.
+        self.ip_value = functools.lru_cache(maxsize=65536)(self._ip_value)
 
     def _is_trusted(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(address in net for net in self.trusted)
@@ -89,7 +93,7 @@ class RowMaker:
                 break
         return address
 
-    def ip_value(self, peer: str | None, forwarded_for: bytes | None) -> str | None:
+    def _ip_value(self, peer: str | None, forwarded_for: bytes | None) -> str | None:
         if self.ip_mode is IPMode.drop:
             return None
         address = self.client_address(peer, forwarded_for)
@@ -107,7 +111,7 @@ class RowMaker:
         claims = parse_payload(event.payload)
         kind = "click" if claims.kind == KIND_CLICK else "open"
         ua = event.user_agent.decode("utf-8", "replace").replace("\x00", "\ufffd") if event.user_agent else None
-        reason = machine_reason(kind, event.is_head, ua)
+        reason = reason_for(kind, event.is_head, event.user_agent)
         return (
             uuid.UUID(int=event.id),
             dt.datetime.fromtimestamp(event.received_at, UTC),
