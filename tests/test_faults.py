@@ -247,6 +247,7 @@ async def test_sigkill_at_random_moments_then_restart(tmp_path: Path, pg: Embedd
     try:
         rows = await settle(pg.dsn, campaign, served(outcomes))
         assert_exactly_once(rows, served(outcomes), len(paths))
+        assert await per_second_total(pg.dsn, campaign) == len(rows)
         assert sum(1 for o in outcomes if o.error) > 0  # the kills really cut requests off
         assert metric(srv.base_url, "trackd_events_replayed_total") > 0
     finally:
@@ -383,5 +384,35 @@ async def test_several_workers_one_data_directory(tmp_path: Path, pg: EmbeddedPo
         outcomes = await running
         rows = await settle(pg.dsn, campaign, served(outcomes))
         assert_exactly_once(rows, served(outcomes), len(paths))
+    finally:
+        srv.stop()
+
+
+async def test_starting_while_the_database_is_down(tmp_path: Path, pg: EmbeddedPostgres) -> None:
+    """A pod that starts during a database outage serves redirects at once (recording them), is not
+    ready until it has reached the database, and then writes everything."""
+    campaign = "cold-start"
+    paths = signed_paths(campaign, 200)
+    await asyncio.to_thread(pg.stop, "immediate")
+    srv = trackd(tmp_path, pg).start(wait_ready=False)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{srv.base_url}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, srv.log()
+            await asyncio.sleep(0.05)
+        ready = httpx.get(f"{srv.base_url}/readyz")
+        assert ready.status_code == 503 and ready.json()["schema_ready"] is False
+        outcomes = await Load("127.0.0.1", srv.port, paths, rate=500).run()
+        assert {o.status for o in outcomes} <= {200, 302}
+        await asyncio.to_thread(pg.start)
+        srv.wait_ready(timeout=30)
+        rows = await settle(pg.dsn, campaign, served(outcomes))
+        assert_exactly_once(rows, served(outcomes), len(paths))
+        assert len(rows) == len(paths)
     finally:
         srv.stop()
