@@ -33,11 +33,21 @@ Row = tuple[object, ...]
 # A refused row (or, when no row could even be built, the raw event) with the error.
 Dead = list[tuple[Row | None, str, object]]
 
-_STAGE_DDL = "CREATE TEMP TABLE IF NOT EXISTS trackd_stage (LIKE events) ON COMMIT DELETE ROWS"
+# The staging table takes the rows as the writer makes them (cheap to encode); the move into
+# `events` converts: id bytes -> uuid, epoch seconds -> timestamptz, text -> inet.
+_STAGE_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS trackd_stage (
+    id bytea, occurred_at float8, kind text, campaign_id text, recipient_id text, link_index int,
+    url text, ip text, user_agent text, is_machine bool, machine_reason text, sent_at bigint
+) ON COMMIT DELETE ROWS
+"""
 _COLUMNS = ", ".join(COLUMNS)
 _MOVE = f"""
 WITH ins AS (
-    INSERT INTO events ({_COLUMNS}) SELECT {_COLUMNS} FROM trackd_stage
+    INSERT INTO events ({_COLUMNS})
+    SELECT encode(id, 'hex')::uuid, to_timestamp(occurred_at), kind, campaign_id, recipient_id, link_index,
+           url, ip::inet, user_agent, is_machine, machine_reason, to_timestamp(sent_at)
+    FROM trackd_stage
     ON CONFLICT DO NOTHING
     RETURNING occurred_at, campaign_id, kind, is_machine
 ), per_second AS (
@@ -53,6 +63,9 @@ SELECT count(*) FROM ins
 _DEAD_LETTER = "INSERT INTO events_dead_letter (id, occurred_at, error, row_repr) VALUES ($1, $2, $3, $4)"
 _BACKOFF_MAX_S = 5.0
 _TRANSIENT = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, TimeoutError)
+
+
+_EPOCH = dt.date(1970, 1, 1)
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -230,7 +243,7 @@ class Writer:
         return True
 
     async def _write(self, conn: asyncpg.Connection, rows: list[Row], dead: Dead) -> int:
-        days = {r[1].date() for r in rows} - self._days  # type: ignore[attr-defined]
+        days = {_EPOCH + dt.timedelta(days=n) for n in {int(r[1] // 86400) for r in rows}} - self._days  # type: ignore[operator]
         if days:
             await conn.execute("SELECT trackd_ensure_partitions($1::date[])", sorted(days))
             self._days |= days
@@ -270,8 +283,8 @@ class Writer:
     async def _dead_letter(self, conn: asyncpg.Connection, dead: Dead) -> None:
         records = []
         for row, error, event in dead:
-            row_id = row[0] if row and isinstance(row[0], uuid.UUID) else None
-            occurred = row[1] if row else None
+            row_id = uuid.UUID(bytes=row[0]) if row and isinstance(row[0], bytes) and len(row[0]) == 16 else None
+            occurred = dt.datetime.fromtimestamp(row[1], dt.UTC) if row and isinstance(row[1], float) else None
             records.append((row_id, occurred, error, repr(row if row is not None else event)))
         await conn.executemany(_DEAD_LETTER, records)
         log.error("%d rows refused by PostgreSQL kept in events_dead_letter (first: %s)", len(dead), dead[0][1])
