@@ -159,10 +159,6 @@ class JournalDir:
         damage, self.damage = self.damage, Damage()
         return damage
 
-    def rewind(self) -> None:
-        """Forget what was read but not committed (the batch will be read again)."""
-        self._read = self._committed
-
     def read(self, max_rows: int, write_position: Position | None = None) -> Batch | None:
         """Up to `max_rows` events after the last read position. `write_position` (own journal)
         is where the appender is: never read past it."""

@@ -118,6 +118,8 @@ class Writer:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
+            except Exception as exc:  # shutdown goes on; the journal keeps what was not written
+                log.error("the writer stopped with an error: %r", exc)
         for orphan in self.orphans:
             orphan.release()
         self.orphans.clear()
@@ -153,8 +155,11 @@ class Writer:
                 while await self.flush_once():
                     delay = 0.0  # keep going while there is a backlog
                 delay = 0.0
-            except (asyncpg.PostgresError, *_TRANSIENT) as exc:
-                self._failed(exc)
+            except Exception as exc:
+                # Whatever went wrong, the writer must not die: the journal keeps the batch and
+                # the next attempt starts on a fresh connection. Expected failures (database
+                # down, timeouts) are one warning line; anything else gets its traceback, once.
+                self._failed(exc, expected=isinstance(exc, (asyncpg.PostgresError, *_TRANSIENT)))
                 delay = min(_BACKOFF_MAX_S, max(0.1, delay * 2))
                 await asyncio.sleep(delay)
                 continue
@@ -163,13 +168,14 @@ class Writer:
             if self._stop.is_set():
                 return
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException, *, expected: bool) -> None:
         kind = type(exc).__name__
         self.metrics.write_errors.labels(kind).inc()
         self.metrics.write_retries.inc()
         self.metrics.writer_up.set(0)
         if self.state != "retrying" or self.last_error != kind:
-            log.warning("writing events failed (%s: %s); retrying with backoff", kind, exc)
+            log.warning("writing events failed (%s: %s); retrying with backoff", kind, exc,
+                        exc_info=None if expected else exc)  # fmt: skip
         self.last_error = kind
         if self.state != "draining":
             self.state = "retrying"
@@ -238,7 +244,14 @@ class Writer:
         inserted = 0
         if rows or dead:
             async with self.pool.acquire() as conn:
-                inserted = await self._write(conn, rows, dead)
+                try:
+                    inserted = await self._write(conn, rows, dead)
+                except BaseException:
+                    # A connection that failed mid-operation may be left in a state asyncpg
+                    # cannot reuse ("another operation is in progress", seen after server
+                    # restarts): never hand it back to the pool.
+                    conn.terminate()
+                    raise
         self._committed(batch, inserted, time.perf_counter() - started, len(dead))
         return True
 

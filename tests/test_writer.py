@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -78,3 +79,32 @@ def test_data_errors_are_told_from_transient_ones() -> None:
     assert not is_data_error(asyncpg.QueryCanceledError("canceling statement due to statement timeout"))
     assert not is_data_error(asyncpg.DeadlockDetectedError("deadlock detected"))
     assert not is_data_error(ConnectionResetError())
+
+
+async def test_an_unexpected_error_does_not_stop_the_writer(writer: Writer, db: asyncpg.Connection) -> None:
+    """asyncpg can raise errors outside its PostgresError/InterfaceError families (we saw
+    InternalClientError after a server restart); the writer retries on a fresh connection."""
+    journal = writer.journal
+    journal.open()
+    events = raw_events("unexpected", 25)
+    assert all(await asyncio.gather(*(journal.append(e) for e in events)))  # type: ignore[misc]
+    real_write, failures = writer._write, []
+
+    async def flaky_write(conn: asyncpg.Connection, rows: list, dead: list) -> int:  # type: ignore[type-arg]
+        if not failures:
+            failures.append(conn.get_server_pid())
+            raise asyncpg.exceptions._base.InternalClientError("cannot switch to state 15")
+        return await real_write(conn, rows, dead)
+
+    writer._write = flaky_write  # type: ignore[method-assign]
+    writer.start()
+    deadline = time.monotonic() + 10
+    while await db.fetchval("SELECT count(*) FROM events WHERE campaign_id = 'unexpected'") < 25:
+        assert time.monotonic() < deadline, "the writer did not recover"
+        await asyncio.sleep(0.05)
+    # The connection it failed on was closed, not handed back to the pool for reuse.
+    backends = await db.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = 'trackd'")
+    assert failures[0] not in {b["pid"] for b in backends}
+    assert writer.state == "running"
+    await writer.stop(5)
+    await journal.close()
