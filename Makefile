@@ -35,3 +35,17 @@ constraints: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+# promtool (Debian package `prometheus`) checks and unit-tests k8s/observability/alerts.yaml in
+# tests/test_observability.py. Installed by apt-get when run as root; otherwise make says what to install.
+.PHONY: deps-debian
+test: deps-debian
+deps-debian:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing promtool: apt-get install prometheus"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+	      && command -v promtool >/dev/null 2>&1; \
+	  else \
+	    echo "promtool is missing: install the Debian package, as root: apt-get install prometheus" >&2; exit 1; \
+	  fi; }
