@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 
 # Debian packages the tests drive, as command:package. Installed with apt-get when we are root;
 # otherwise make stops and names them.
-DEBIAN_TOOLS := chromium:chromium
+# chromium: tests/test_dashboard.py; promtool (package prometheus): tests/test_observability.py.
+DEBIAN_TOOLS := chromium:chromium promtool:prometheus
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
