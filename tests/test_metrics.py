@@ -141,3 +141,19 @@ def test_api_is_instrumented_with_route_templates(api: httpx.Client, server: Ser
                   {"handler": "/v1/campaigns/{campaign_id}/stats"}) >= 3  # fmt: skip
     assert "templ-1" not in httpx.get(f"{server.base_url}/metrics").text
     assert API_KEY not in httpx.get(f"{server.base_url}/metrics").text
+
+
+def test_the_dashboards_and_alerts_contract_is_what_the_service_exports(api: httpx.Client,
+                                                                         server: ServerProcess) -> None:  # fmt: skip
+    """k8s/observability is written against a metric contract (tests/test_observability.py);
+    the running service must export every name in it, with the labels the queries use."""
+    from tests.test_observability import KNOWN_METRICS
+
+    api.get("/v1/status")  # the API's own histograms appear once it has answered something
+    text = httpx.get(f"{server.base_url}/metrics").text
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    # `up` is Prometheus's own; write errors are labelled by exception class, so there is no
+    # series before the first error.
+    expected = KNOWN_METRICS - {"up", "trackd_write_errors_total"}
+    assert expected <= exported, sorted(expected - exported)
+    assert 'machine="true"' in text and 'machine="false"' in text
