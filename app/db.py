@@ -56,7 +56,9 @@ async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
         min_size=0,
         max_size=settings.db_pool_max,
         init=_init_connection,
-        command_timeout=settings.db_statement_timeout_ms / 1000,
+        # The server's statement_timeout cancels a slow statement cleanly; the client-side timeout
+        # is the backstop for a server or network that no longer answers at all.
+        command_timeout=settings.db_statement_timeout_ms / 1000 + 2,
         server_settings={
             "application_name": "trackd",
             "statement_timeout": str(settings.db_statement_timeout_ms),
