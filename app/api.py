@@ -261,4 +261,5 @@ async def readyz(svc: Annotated[Services, Depends(services)]) -> JSONResponse:
 
 @ops.get("/metrics", include_in_schema=False)
 async def metrics(svc: Annotated[Services, Depends(services)]) -> Response:
+    svc.meter.flush()
     return Response(svc.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

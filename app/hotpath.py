@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from app.classify import is_machine
 from app.events import EventIds, RawEvent
-from app.metrics import Metrics
+from app.metrics import HotPathMeter, Metrics
 from app.tokens import KIND_CLICK, KIND_OPEN, KeyRing, click_location
 
 log = logging.getLogger("trackd.hotpath")
@@ -79,6 +79,7 @@ class HotPath:
         app: ASGIApp,
         keyring: KeyRing,
         metrics: Metrics,
+        meter: HotPathMeter,
         *,
         user_agent_max_bytes: int,
         capture_forwarded_for: bool,
@@ -87,6 +88,7 @@ class HotPath:
         self.app = app
         self.keyring = keyring
         self.metrics = metrics
+        self.meter = meter
         # Set by the lifespan once the journal is open; until then events are counted as dropped.
         self.journal: Recorder | None = None
         self.ids = EventIds()
@@ -120,7 +122,7 @@ class HotPath:
                 self._error_logged = True
                 log.exception("unexpected error on the %s path (logged once)", kind)
             raise
-        self.metrics.duration[kind].observe(time.perf_counter() - started)
+        self.meter.duration(kind, time.perf_counter() - started)
 
     async def _record(self, scope: Scope, kind: str, is_head: bool, payload: bytes) -> None:
         ua = xff = None
@@ -136,12 +138,12 @@ class HotPath:
         journal = self.journal
         written = journal.append(event) if journal is not None else None
         if written is None:
-            self.metrics.outcome[kind, "dropped", machine].inc()
+            self.meter.outcome(kind, "dropped", machine)
             self.metrics.dropped_full.inc()
         elif await written:
-            self.metrics.outcome[kind, "recorded", machine].inc()
+            self.meter.outcome(kind, "recorded", machine)
         else:
-            self.metrics.outcome[kind, "dropped", machine].inc()
+            self.meter.outcome(kind, "dropped", machine)
             self.metrics.dropped_error.inc()
 
     def _bad_token(self, scope: Scope, kind: str, is_head: bool) -> None:
@@ -150,7 +152,7 @@ class HotPath:
             if name == b"user-agent":
                 ua = value[: self.ua_max]
                 break
-        self.metrics.outcome[kind, "bad_token", is_machine(kind, is_head, ua)].inc()
+        self.meter.outcome(kind, "bad_token", is_machine(kind, is_head, ua))
 
     async def click(self, scope: Scope, token: str, send: Any) -> None:
         method = scope["method"]

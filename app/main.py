@@ -23,7 +23,7 @@ from app.api import APIError, ASCIIJSONResponse, ops, v1
 from app.db import create_pool, migrate
 from app.hotpath import HotPath
 from app.journal import Journal
-from app.metrics import Metrics
+from app.metrics import HotPathMeter, Metrics
 from app.pgserver import EmbeddedPostgres
 from app.services import Services
 from app.settings import Settings
@@ -65,10 +65,12 @@ async def _prepare_schema(svc: Services) -> None:
     svc.writer.start()
 
 
-async def _publish_readiness(svc: Services) -> None:
-    """Keep `trackd_ready` current, so that readiness flapping shows in Prometheus."""
+async def _every_second(svc: Services) -> None:
+    """Keep `trackd_ready` current (so that readiness flapping shows in Prometheus), and hand the
+    hot path's counts to the metrics (so that other workers' scrapes see them too)."""
     while True:
         svc.metrics.ready.set(1 if svc.ready else 0)
+        svc.meter.flush()
         await asyncio.sleep(1)
 
 
@@ -96,6 +98,7 @@ def _announce_shutdown_on_sigterm(svc: Services, delay_s: float) -> None:
 def create_app(settings: Settings | None = None) -> HotPath:
     settings = settings or Settings()
     metrics = Metrics(settings.prometheus_multiproc_dir)
+    meter = HotPathMeter(metrics)
     keyring = build_keyring(settings)
     if not settings.api_keys:
         log.warning("TRACKD_API_KEYS is not set: the /v1 API refuses every request")
@@ -120,6 +123,7 @@ def create_app(settings: Settings | None = None) -> HotPath:
             settings=settings,
             keyring=keyring,
             metrics=metrics,
+            meter=meter,
             journal=journal,
             api_keys=tuple(k.encode("utf-8") for k in settings.api_keys),
         )
@@ -128,14 +132,14 @@ def create_app(settings: Settings | None = None) -> HotPath:
         api.state.services = svc
         hot.journal = journal
         schema_task = asyncio.create_task(_prepare_schema(svc), name="trackd-schema")
-        readiness_task = asyncio.create_task(_publish_readiness(svc), name="trackd-readiness")
+        every_second = asyncio.create_task(_every_second(svc), name="trackd-every-second")
         _announce_shutdown_on_sigterm(svc, settings.shutdown_delay_s)
         try:
             yield
         finally:
             svc.shutting_down = True
             metrics.ready.set(0)
-            for task in (schema_task, readiness_task):
+            for task in (schema_task, every_second):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -147,6 +151,7 @@ def create_app(settings: Settings | None = None) -> HotPath:
                           svc.writer.pending_rows, settings.journal_root)  # fmt: skip
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(svc.pool.close(), 5)
+            meter.flush()
             metrics.process_exiting()
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
@@ -187,6 +192,7 @@ def create_app(settings: Settings | None = None) -> HotPath:
         api,
         keyring,
         metrics,
+        meter,
         user_agent_max_bytes=settings.user_agent_max_bytes,
         capture_forwarded_for=bool(settings.trusted_proxies),
         fallback_url=to_location(settings.fallback_url) if settings.fallback_url else None,

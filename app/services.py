@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from app.journal import Journal
-from app.metrics import Metrics
+from app.metrics import HotPathMeter, Metrics
 from app.settings import Settings
 from app.tokens import KeyRing
 from app.writer import Writer
@@ -18,6 +18,7 @@ class Services:
     settings: Settings
     keyring: KeyRing
     metrics: Metrics
+    meter: HotPathMeter
     journal: Journal
     pool: asyncpg.Pool | None = None
     writer: Writer | None = None

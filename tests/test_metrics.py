@@ -75,6 +75,11 @@ async def test_two_workers_report_the_totals_of_both(database_url: str) -> None:
                 await Load("127.0.0.1", srv.port, paths[start : start + 100], rate=5000, connections=10).run()
             pids = {p.name.split("_")[-1] for p in (data_dir / "prometheus").glob("counter_*.db")}
             assert len(pids) == 2, "both workers must have served (and counted) requests"
+            # Each worker hands its hot-path counts over at every scrape it answers and every second.
+            deadline = time.monotonic() + 5
+            while metric(srv.base_url, "trackd_interactions_total", {"outcome": "recorded"}) != 1200:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
             for _ in range(10):  # any worker may answer the scrape: every one must see the total
                 assert metric(srv.base_url, "trackd_interactions_total", {"outcome": "recorded"}) == 1200
                 assert metric(srv.base_url, "trackd_request_duration_seconds_count") == 1200
