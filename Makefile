@@ -1,11 +1,12 @@
-# trackd: `make run` serves on an embedded PostgreSQL; `make test` runs the whole suite.
+# trackd: `make run` serves on an embedded PostgreSQL; `make test` runs the whole suite;
+# `make bench` / `bench-soak` / `bench-growth` / `bench-writer` / `loadtest` measure it (docs/benchmarks.md).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check --no-input
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench loadtest constraints clean
+.PHONY: run test test-fast lint bench bench-soak bench-growth bench-writer bench-profile loadtest need-wrk constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +18,17 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/trackd serve
 
-test: $(STAMP)
+# wrk (Debian package `wrk`) drives the benchmarks and one test: installed when we are root.
+need-wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else \
+	    echo "wrk is not installed: install the Debian package 'wrk' (apt-get install wrk) and run make again" >&2; \
+	    exit 1; \
+	  fi; }
+
+test: $(STAMP) need-wrk
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -27,6 +38,27 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Load generator and servers share this machine: see docs/benchmarks.md for how to read the numbers.
+bench: $(STAMP) need-wrk
+	$(BIN)/python -m loadtests.bench
+
+bench-profile: $(STAMP) need-wrk
+	BENCH_PROFILE=1 BENCH_RUNS=1 BENCH_OUT=loadtests/results/profile.json $(BIN)/python -m loadtests.bench
+
+BENCH_EVENTS ?= 2000000
+bench-soak: $(STAMP) need-wrk
+	BENCH_EVENTS=$(BENCH_EVENTS) $(BIN)/python -m loadtests.bench
+
+BENCH_GROWTH_ROWS ?= 10000000
+bench-growth: $(STAMP) need-wrk
+	BENCH_GROWTH_ROWS=$(BENCH_GROWTH_ROWS) BENCH_RUNS=$${BENCH_RUNS:-2} $(BIN)/python -m loadtests.bench
+
+bench-writer: $(STAMP)
+	$(BIN)/python -m loadtests.bench_writer
+
+loadtest: $(STAMP)
+	$(BIN)/python -m loadtests.loadtest
 
 constraints: $(STAMP)
 	{ echo "# Exact versions of every package trackd and its tests install, transitive ones included."; \
