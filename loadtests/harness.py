@@ -100,8 +100,10 @@ def start_trackd(database_url: str, data_dir: Path, extra_env: dict[str, str] | 
         "TRACKD_LOG_LEVEL": "warning",
         **(extra_env or {}),
     }
-    child = Child("trackd", [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                  port, env, data_dir)  # fmt: skip
+    # BENCH_TRACKD_MODULE: another entry point with trackd's CLI (loadtests.whatif_serve).
+    module = os.environ.get("BENCH_TRACKD_MODULE", "app.cli")
+    argv = [sys.executable, "-m", module, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    child = Child("trackd", argv, port, env, data_dir)
     child.wait_ready("/readyz")
     return child
 
