@@ -119,7 +119,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_WRITER_EVENTS", "300000")))
     parser.add_argument("--batch-rows", type=int, default=5000)
+    parser.add_argument("--proposed-caches", action="store_true",
+                        help="measure with the row-maker caches proposed in docs/benchmarks.md")  # fmt: skip
     args = parser.parse_args()
+    if args.proposed_caches:
+        from loadtests.whatif_serve import apply_proposed_caches
+
+        apply_proposed_caches()
     dsn = os.environ.get("DATABASE_URL")
     if dsn:
         result = asyncio.run(measure(dsn, args.events, args.batch_rows))

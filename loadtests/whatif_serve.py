@@ -15,7 +15,7 @@ import sys
 from app import cli, events
 
 
-def _patch() -> None:
+def apply_proposed_caches() -> None:
     events.machine_reason = functools.lru_cache(maxsize=4096)(events.machine_reason)  # type: ignore[assignment]
     plain = events.RowMaker.ip_value
 
@@ -27,5 +27,5 @@ def _patch() -> None:
 
 
 if __name__ == "__main__":
-    _patch()
+    apply_proposed_caches()
     sys.exit(cli.main())
