@@ -217,10 +217,9 @@ async def _fresh_database(dsn: str, name: str) -> str:
 
 def writer_rate(admin_dsn: str, events: int, dsn: str | None = None) -> bench_writer.WriterResult:
     dsn = dsn or asyncio.run(_fresh_database(admin_dsn, "trackd_writer_bench"))
-    result = bench_writer.measure(dsn, events)
-    out = asyncio.run(result)
-    print(bench_writer.report(out))
-    return out
+    result = asyncio.run(bench_writer.measure(dsn, events))
+    print(bench_writer.report(result))
+    return result
 
 
 def profile_server(server: Child, paths_by_kind: dict[str, list[str]], opts: Options) -> dict[str, str]:
