@@ -31,7 +31,7 @@ need-wrk:
 # Each run gets its own pytest base directory: pytest re-chmods the shared /tmp/pytest-of-<user> to
 # 0700 at every session start, which locks the embedded PostgreSQL's unprivileged user out of the
 # data directory of any other session running at that moment (pg_ctl stop then fails).
-PYTEST := d=$$(mktemp -d /tmp/trackd-pytest-XXXXXX) && chmod 711 $$d && \
+PYTEST = d=$$(mktemp -d /tmp/trackd-pytest-XXXXXX) && chmod 711 $$d && \
 	{ $(BIN)/python -m pytest --basetemp=$$d/t $(PYTEST_ARGS); rc=$$?; rm -rf $$d; exit $$rc; }
 
 test: $(STAMP) need-wrk
