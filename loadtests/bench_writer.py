@@ -4,8 +4,10 @@ idempotence mechanism included (COPY into the stage table, INSERT ... ON CONFLIC
     .venv/bin/python -m loadtests.bench_writer            # its own embedded PostgreSQL
     DATABASE_URL=postgresql://... .venv/bin/python -m loadtests.bench_writer
 
-It drives app.writer.Writer through its current internals (MemoryBacklog, RawEvent,
-flush_once); when those change, this file is the one place to adapt.
+It fills a real journal (app.journal) with events as the hot path records them, then lets
+app.writer.Writer ship them: reading and decoding the journal, making rows, COPY, the move into
+`events` with the per-second table. When those internals change, this file is the one place to
+adapt.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.backlog import MemoryBacklog
 from app.db import create_pool, migrate
 from app.events import EventIds, RawEvent
+from app.journal import Journal
 from app.metrics import Metrics
-from app.settings import Settings
+from app.settings import FsyncPolicy, Settings
 from app.tokens import KIND_CLICK, KIND_OPEN, KeyRing
 from app.writer import Writer
 
@@ -60,39 +62,51 @@ def raw_events(count: int, distinct: int = 1000) -> list[RawEvent]:
     ]
 
 
+async def _journal(journal: Journal, events: list[RawEvent]) -> None:
+    written = [journal.append(e) for e in events]
+    assert all(await asyncio.gather(*written)), "the journal refused events"  # type: ignore[arg-type]
+
+
+async def _drain(writer: Writer) -> None:
+    while await writer.flush_once():
+        pass
+
+
 async def measure(dsn: str, events: int, batch_rows: int = 5000) -> WriterResult:
-    settings = Settings(batch_max_rows=batch_rows, db_pool_max=1, buffer_max_events=events + batch_rows)
+    settings = Settings(batch_max_rows=batch_rows, db_pool_max=1)
     pool = await create_pool(settings, dsn)
-    try:
-        async with pool.acquire() as conn:
-            await migrate(conn)
-        backlog = MemoryBacklog(settings.buffer_max_events)
-        writer = Writer(settings, backlog, pool, Metrics())
-        batch = raw_events(events)
-        # Warm up off the clock: today's partition, the stage table, prepared statements.
-        for event in raw_events(batch_rows):
-            backlog.append(event)
-        await writer.flush_once()
+    with tempfile.TemporaryDirectory(prefix="trackd-bench-journal-") as tmp:
+        journal = Journal(Path(tmp), max_bytes=1 << 40, segment_bytes=64 << 20, fsync=FsyncPolicy.never,
+                          fsync_interval_s=1)  # fmt: skip
+        journal.open()
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+            writer = Writer(settings, journal, pool, Metrics())
+            # Warm up off the clock: today's partition, the stage table, prepared statements.
+            await _journal(journal, raw_events(batch_rows))
+            await _drain(writer)
 
-        for event in batch:
-            backlog.append(event)
-        inserted = 0
-        started = time.perf_counter()
-        while backlog.rows:
-            inserted += await writer.flush_once()
-        seconds = time.perf_counter() - started
+            batch = raw_events(events)
+            await _journal(journal, batch)
+            before = await pool.fetchval("SELECT count(*) FROM events")
+            started = time.perf_counter()
+            await _drain(writer)
+            seconds = time.perf_counter() - started
+            inserted = await pool.fetchval("SELECT count(*) FROM events") - before
 
-        # Idempotence: the first batch again adds nothing.
-        for event in batch[:batch_rows]:
-            backlog.append(event)
-        replayed = await writer.flush_once()
+            # Idempotence: the first batch again (a replay) adds nothing.
+            await _journal(journal, batch[:batch_rows])
+            await _drain(writer)
+            replayed = await pool.fetchval("SELECT count(*) FROM events") - before - inserted
 
-        making_started = time.perf_counter()
-        for at in range(0, events, batch_rows):
-            writer.rows.rows(batch[at : at + batch_rows])
-        making = time.perf_counter() - making_started
-    finally:
-        await pool.close()
+            making_started = time.perf_counter()
+            for at in range(0, events, batch_rows):
+                writer.rows.rows(batch[at : at + batch_rows])
+            making = time.perf_counter() - making_started
+        finally:
+            await journal.close()
+            await pool.close()
     return WriterResult(events, seconds, inserted, replayed, making / seconds)
 
 
@@ -119,13 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_WRITER_EVENTS", "300000")))
     parser.add_argument("--batch-rows", type=int, default=5000)
-    parser.add_argument("--proposed-caches", action="store_true",
-                        help="measure with the row-maker caches proposed in docs/benchmarks.md")  # fmt: skip
     args = parser.parse_args()
-    if args.proposed_caches:
-        from loadtests.whatif_serve import apply_proposed_caches
-
-        apply_proposed_caches()
     dsn = os.environ.get("DATABASE_URL")
     if dsn:
         result = asyncio.run(measure(dsn, args.events, args.batch_rows))

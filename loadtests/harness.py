@@ -100,7 +100,7 @@ def start_trackd(database_url: str, data_dir: Path, extra_env: dict[str, str] | 
         "TRACKD_LOG_LEVEL": "warning",
         **(extra_env or {}),
     }
-    # BENCH_TRACKD_MODULE: another entry point with trackd's CLI (loadtests.whatif_serve).
+    # BENCH_TRACKD_MODULE: another entry point with trackd's CLI (to measure a variant).
     module = os.environ.get("BENCH_TRACKD_MODULE", "app.cli")
     argv = [sys.executable, "-m", module, "serve", "--host", "127.0.0.1", "--port", str(port)]
     child = Child("trackd", argv, port, env, data_dir)
