@@ -47,6 +47,7 @@ _HEADER = struct.Struct("<2sII")
 _BODY = struct.Struct("<QQdBBHHH")
 _MAX_BODY = 1 << 20
 _SEGMENT_SUFFIX = ".seg"
+_CHECKPOINT_EVERY_S = 0.5
 
 
 def encode(event: RawEvent) -> bytes:
@@ -134,6 +135,7 @@ class JournalDir:
     _read: Position = field(init=False)
     _committed: Position = field(init=False)
     _warned: set[int] = field(default_factory=set)
+    _saved_at: float = 0.0
 
     def __post_init__(self) -> None:
         self._committed = self._load_checkpoint()
@@ -147,9 +149,14 @@ class JournalDir:
             segments = _segments(self.path)
             return Position(segments[0] if segments else 1, 0)
 
-    def _save_checkpoint(self) -> None:
-        # No fsync: a checkpoint that is too old after a machine crash only means a replay, and
-        # replays add nothing.
+    def _save_checkpoint(self, *, now: bool = False) -> None:
+        # Written at most twice a second (and whenever segments go, or the directory is let go):
+        # a checkpoint a little behind only means a replay after a crash, and replays add nothing.
+        # No fsync, for the same reason.
+        clock = time.monotonic()
+        if not now and clock - self._saved_at < _CHECKPOINT_EVERY_S:
+            return
+        self._saved_at = clock
         tmp = self.path / "checkpoint.tmp"
         tmp.write_text(f"{self._committed.segment} {self._committed.offset}\n")
         tmp.replace(self.path / "checkpoint")
@@ -256,8 +263,8 @@ class JournalDir:
         segments that are wholly done. Returns the numbers of the deleted segments."""
         self._committed = end
         self._read = max(self._read, end)
-        self._save_checkpoint()
         done = [n for n in _segments(self.path) if n < end.segment]
+        self._save_checkpoint(now=bool(done))
         for number in done:
             with contextlib.suppress(FileNotFoundError):
                 (self.path / _segment_name(number)).unlink()
@@ -290,6 +297,8 @@ class JournalDir:
 
     def release(self) -> None:
         """Stop holding this directory (it stays on disk for whoever comes next)."""
+        with contextlib.suppress(OSError):
+            self._save_checkpoint(now=True)
         with contextlib.suppress(OSError):
             os.close(self.lock_fd)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
+from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import (
@@ -26,6 +27,7 @@ from app import __version__
 KINDS = ("open", "click")
 OUTCOMES = ("recorded", "bad_token", "dropped")
 # Hot-path latency: the bulk of answers take tens of microseconds; anything past 100 ms is a fault.
+LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
 REQUEST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
@@ -98,7 +100,7 @@ class Metrics:
         self.ingest_lag = Histogram(
             "trackd_ingest_lag_seconds",
             "From receipt of a request to the commit of its event row.",
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+            buckets=LAG_BUCKETS,
             registry=r,
         )
         self.backlog_rows = Gauge(
@@ -162,6 +164,27 @@ class Metrics:
             multiprocess.mark_process_dead(os.getpid(), str(self.multiprocess_dir))
 
 
+def observe_many(histogram: Histogram, bounds: tuple[float, ...], values: Iterable[float]) -> None:
+    """Histogram.observe() for many values at once: one bucket increment per bucket, not per value
+    (each observe() takes a lock). `bounds` are the histogram's finite buckets."""
+    counts = [0] * (len(bounds) + 1)
+    total = 0.0
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1
+        total += value
+    _add_counts(histogram, counts, total)
+
+
+def _add_counts(histogram: Histogram, counts: list[int], total: float) -> None:
+    # Histogram.observe() has no batch form; its per-bucket values are what it increments itself
+    # (prometheus-client is pinned, and tests check the resulting counts).
+    for index, count in enumerate(counts):
+        if count:
+            histogram._buckets[index].inc(count)  # type: ignore[attr-defined]
+    if total:
+        histogram._sum.inc(total)  # type: ignore[attr-defined]
+
+
 class HotPathMeter:
     """The hot path's counts, kept in plain integers and added to the Prometheus metrics by
     `flush()` (on every scrape and every second). prometheus_client takes a lock for every
@@ -188,13 +211,7 @@ class HotPathMeter:
                 self._outcomes[key] = 0
                 self.metrics.outcome[key].inc(count)
         for kind, buckets in self._buckets.items():
-            histogram = self.metrics.duration[kind]
-            for index, count in enumerate(buckets):
-                if count:
-                    buckets[index] = 0
-                    # Histogram.observe() has no batch form; its per-bucket values are what it
-                    # increments itself (prometheus-client is pinned; a test checks the counts).
-                    histogram._buckets[index].inc(count)  # type: ignore[attr-defined]
-            if self._sums[kind]:
-                histogram._sum.inc(self._sums[kind])  # type: ignore[attr-defined]
+            if any(buckets):
+                _add_counts(self.metrics.duration[kind], buckets, self._sums[kind])
+                self._buckets[kind] = [0] * len(buckets)
                 self._sums[kind] = 0.0

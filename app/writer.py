@@ -23,7 +23,7 @@ import asyncpg
 
 from app.events import COLUMNS, RowMaker
 from app.journal import Batch, Journal, JournalDir, orphans
-from app.metrics import Metrics
+from app.metrics import LAG_BUCKETS, Metrics, observe_many
 from app.settings import Settings
 
 log = logging.getLogger("trackd.writer")
@@ -320,9 +320,7 @@ class Writer:
             m.events_dead_lettered.inc(dead)
         if not batch.source.live:
             m.events_replayed.inc(len(batch.events))
-        observe = m.ingest_lag.observe
-        for event in batch.events:
-            observe(committed - event.received_at)
+        observe_many(m.ingest_lag, LAG_BUCKETS, [committed - event.received_at for event in batch.events])
         m.writer_up.set(1)
         self.last_commit_at = committed
         if self.state == "retrying":
