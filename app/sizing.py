@@ -50,6 +50,13 @@ class KindBench:
     # Optional extension: the highest paced rate whose p99 stayed within p99_target_ms. When the
     # harness does not give it, `rps` (saturation) stands in, with a warning if its p99 missed.
     rps_at_p99_target: float | None = None
+    # Optional: the trackd process's own CPU per million requests. The harness runs PostgreSQL on
+    # the same machine and `cpu_s_per_million` counts both; a pod's CPU is only trackd's.
+    server_cpu_s_per_million: float | None = None
+
+    @property
+    def pod_cpu_s_per_million(self) -> float:
+        return self.cpu_s_per_million if self.server_cpu_s_per_million is None else self.server_cpu_s_per_million
 
 
 @dataclass(frozen=True)
@@ -97,10 +104,12 @@ def _kind(data: dict[str, Any], name: str) -> KindBench:
     values = {key: _number(section, key, name) for key in _KIND_FIELDS}
     if values["rps"] <= 0:
         raise SizingError(f"{name}.rps: must be positive, got {values['rps']}")
-    at_target = None
-    if section.get("rps_at_p99_target") is not None:
-        at_target = _number(section, "rps_at_p99_target", name)
-    return KindBench(**values, rps_at_p99_target=at_target)
+    optional = {
+        key: _number(section, key, name)
+        for key in ("rps_at_p99_target", "server_cpu_s_per_million")
+        if section.get(key) is not None
+    }
+    return KindBench(**values, **optional)
 
 
 def parse_bench(data: object) -> Bench:
@@ -180,7 +189,7 @@ def plan(
 
     # CPU: the request is what a pod burns at its target rate (so CPU utilisation 100 % means
     # "at target"); the limit what it burns at saturation, with 20 % for GC and the writer.
-    cpu_per_request_s = max(bench.click.cpu_s_per_million, bench.pixel.cpu_s_per_million) / 1e6
+    cpu_per_request_s = max(bench.click.pod_cpu_s_per_million, bench.pixel.pod_cpu_s_per_million) / 1e6
     cpu_request_m = max(_CPU_REQUEST_FLOOR_M, _ceil_to(target * cpu_per_request_s * 1000, 50))
     saturation = max(bench.click.rps, bench.pixel.rps)
     cpu_limit_m = max(_CPU_LIMIT_FLOOR_M, cpu_request_m, _ceil_to(saturation * cpu_per_request_s * 1200, 250))

@@ -427,6 +427,13 @@ def test_plan_prefers_the_rate_measured_within_the_latency_target() -> None:
     assert p.capacity_rps == 6000 and p.target_rps_per_pod == 3000 and not p.warnings
 
 
+def test_plan_sizes_cpu_from_the_pods_own_cpu_when_the_bench_gives_it() -> None:
+    # The harness's PostgreSQL shares the machine; in production it does not share the pod.
+    own = bench(click__server_cpu_s_per_million=25.0, pixel__server_cpu_s_per_million=20.0)
+    p = sizing.plan(own, peak_rps=50_000, headroom=0.6, min_replicas=3)
+    assert p.cpu_request_m == 300  # 12 000 rps x 25 us = 0.3 cores
+
+
 def test_plan_warns_when_a_pod_would_outrun_its_writer_and_when_provisional() -> None:
     p = sizing.plan(bench(writer={"events_per_s": 5000.0}), peak_rps=10_000, headroom=1.0)
     assert any("writer" in w for w in p.warnings)
