@@ -112,8 +112,13 @@ class HotPath:
 
     async def _guarded(self, kind: str, handler: Any, scope: Scope, token: str, send: Any) -> None:
         started = time.perf_counter()
+        method = scope["method"]
+        if method != "GET" and method != "HEAD":
+            await send(_METHOD_START)
+            await send(_EMPTY_BODY)
+            return
         try:
-            await handler(scope, token, send)
+            await handler(scope, token, method == "HEAD", send)
         except Exception:
             # Nothing here is expected to fail; if it does, count it (an alert fires on any) and
             # let uvicorn answer 500 if no response started. One log line, not a flood.
@@ -154,13 +159,7 @@ class HotPath:
                 break
         self.meter.outcome(kind, "bad_token", is_machine(kind, is_head, ua))
 
-    async def click(self, scope: Scope, token: str, send: Any) -> None:
-        method = scope["method"]
-        is_head = method == "HEAD"
-        if not is_head and method != "GET":
-            await send(_METHOD_START)
-            await send(_EMPTY_BODY)
-            return
+    async def click(self, scope: Scope, token: str, is_head: bool, send: Any) -> None:
         payload = self.keyring.verify(token, KIND_CLICK)
         if payload is None:
             self._bad_token(scope, "click", is_head)
@@ -171,13 +170,7 @@ class HotPath:
         await send(_start(302, [(b"location", click_location(payload)), _NO_STORE, _NO_BODY]))
         await send(_EMPTY_BODY)
 
-    async def pixel(self, scope: Scope, name: str, send: Any) -> None:
-        method = scope["method"]
-        is_head = method == "HEAD"
-        if not is_head and method != "GET":
-            await send(_METHOD_START)
-            await send(_EMPTY_BODY)
-            return
+    async def pixel(self, scope: Scope, name: str, is_head: bool, send: Any) -> None:
         # A bad token still gets the image: a broken image in the mail helps nobody.
         payload = self.keyring.verify(name[:-4], KIND_OPEN) if name.endswith(".gif") else None
         if payload is None:
