@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -74,6 +75,16 @@ async def _every_second(svc: Services) -> None:
         await asyncio.sleep(1)
 
 
+def _tune_gc() -> None:
+    """Everything built so far lives as long as the process: take it out of the cyclic
+    collector's view (gc.freeze), and collect the young generation less often. The hot path makes
+    a few short-lived tuples per request and no cycles; with the defaults, the collector ran
+    every ~700 allocations and its full passes over the long-lived heap showed up in p99.9."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def _announce_shutdown_on_sigterm(svc: Services, delay_s: float) -> None:
     """On SIGTERM, turn /readyz to 503 at once, keep serving for `delay_s`, then hand the signal
     to uvicorn (which stops accepting, finishes in-flight requests and runs our shutdown)."""
@@ -134,6 +145,7 @@ def create_app(settings: Settings | None = None) -> HotPath:
         schema_task = asyncio.create_task(_prepare_schema(svc), name="trackd-schema")
         every_second = asyncio.create_task(_every_second(svc), name="trackd-every-second")
         _announce_shutdown_on_sigterm(svc, settings.shutdown_delay_s)
+        _tune_gc()
         try:
             yield
         finally:
