@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -86,7 +87,10 @@ def _serve_twice(tmp_path: Path) -> None:
     assert not pg.is_running(), "the embedded PostgreSQL must stop with the service"
     assert "1 events not committed" not in server.log()
 
-    again = ServerProcess(tmp_path, database_url="", env={"TRACKD_SIGNING_KEYS": ""})
-    with again.start(timeout=60):
-        assert _clicks(again, campaign) == 1
+    # Ctrl-C in `make run` is a SIGINT to the foreground process group: the same clean stop.
+    again = ServerProcess(tmp_path, database_url="", env={"TRACKD_SIGNING_KEYS": ""}).start(timeout=60)
+    assert _clicks(again, campaign) == 1
+    again.signal(signal.SIGINT)
+    assert again.proc is not None and again.proc.wait(60) in (0, -signal.SIGINT, 1), again.log()
+    assert "Application shutdown complete" in again.log()
     assert not pg.is_running()
