@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from types import FrameType
 from typing import Any
 
@@ -18,12 +19,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__, dashboard
 from app.api import APIError, ASCIIJSONResponse, ops, v1
 from app.db import create_pool, migrate
 from app.hotpath import HotPath
 from app.journal import Journal
+from app.limits import BodySizeLimit
 from app.metrics import HotPathMeter, Metrics
 from app.pgserver import EmbeddedPostgres
 from app.services import Services
@@ -184,6 +187,14 @@ def create_app(settings: Settings | None = None) -> HotPath:
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return exc.response()
 
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own 404/405/413 in the same JSON shape as every other API error.
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+        return ASCIIJSONResponse(
+            {"error": code, "message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
     @api.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors: list[dict[str, Any]] = [
@@ -194,6 +205,7 @@ def create_app(settings: Settings | None = None) -> HotPath:
             status_code=422,
         )
 
+    api.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     Instrumentator(
         should_group_status_codes=False,
         excluded_handlers=["/metrics", "/healthz", "/readyz"],

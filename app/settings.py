@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     ip_mode: IPMode = IPMode.anonymize
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     user_agent_max_bytes: int = Field(default=512, ge=16, le=8192)
+    # 1000 links of 2048 characters fit with room to spare; anything larger is refused (413).
+    api_max_body_bytes: int = Field(default=4 << 20, ge=1024)
 
     # The writer: how many rows one COPY may carry, how long rows may wait to be batched.
     batch_max_rows: int = Field(default=5000, ge=1)

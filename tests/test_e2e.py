@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 
 import asyncpg
 import httpx
@@ -213,3 +214,19 @@ def test_no_metric_label_takes_a_token_url_or_id(api: httpx.Client, client: http
     assert after == before
     text = " ".join(after)
     assert "secret-path" not in text and "label-test" not in text and "garbage" not in text
+
+
+def test_oversized_api_bodies_get_413(api: httpx.Client) -> None:
+    huge = b'{"campaign_id": "c", "recipient_id": "r", "links": ["' + b"a" * (5 << 20) + b'"]}'
+    declared = api.post("/v1/tracking-urls", content=huge, headers={"Content-Type": "application/json"})
+    assert declared.status_code == 413 and declared.json()["error"] == "request_entity_too_large"
+    missing = api.get("/v1/no-such-route")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the size is only found while reading
+        for _ in range(6):
+            yield b" " * (1 << 20)
+
+    streamed = api.post("/v1/tracking-urls", content=chunks(), headers={"Content-Type": "application/json"})
+    assert streamed.status_code == 413 and streamed.json()["error"] == "request_entity_too_large"
+    assert api.post("/v1/tracking-urls", json={"campaign_id": "c", "recipient_id": "r", "links": []}).status_code == 200
