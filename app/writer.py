@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import struct
 import time
 import uuid
 from typing import Literal
@@ -238,7 +239,7 @@ class Writer:
         for event in batch.events:
             try:
                 rows.append(self.rows.row(event))
-            except (ValueError, IndexError, UnicodeDecodeError) as exc:  # a record no row can be made of
+            except (ValueError, IndexError, struct.error) as exc:  # a record no row can be made of
                 dead.append((None, f"{type(exc).__name__}: {exc}", event))
         started = time.perf_counter()
         inserted = 0

@@ -108,3 +108,17 @@ async def test_an_unexpected_error_does_not_stop_the_writer(writer: Writer, db: 
     assert writer.state == "running"
     await writer.stop(5)
     await journal.close()
+
+
+async def test_a_record_no_row_can_be_made_of_goes_to_dead_letters(writer: Writer, db: asyncpg.Connection) -> None:
+    journal = writer.journal
+    journal.open()
+    good = raw_events("unmakeable", 10)
+    broken = good[0]._replace(id=good[0].id + 10**6, payload=b"\x01\x01\xff\x00")  # signed by nobody, unparsable
+    assert all(await asyncio.gather(*(journal.append(e) for e in [*good, broken])))  # type: ignore[misc]
+    while await writer.flush_once():
+        pass
+    assert await db.fetchval("SELECT count(*) FROM events WHERE campaign_id = 'unmakeable'") == 10
+    dead = await db.fetchrow("SELECT error, row_repr FROM events_dead_letter WHERE row_repr LIKE '%\\\\x01\\\\x01\\\\xff%'")
+    assert dead is not None and "unpack" in dead["error"]  # struct.error while parsing the payload
+    await journal.close()
