@@ -119,6 +119,8 @@ async def test_a_record_no_row_can_be_made_of_goes_to_dead_letters(writer: Write
     while await writer.flush_once():
         pass
     assert await db.fetchval("SELECT count(*) FROM events WHERE campaign_id = 'unmakeable'") == 10
-    dead = await db.fetchrow("SELECT error, row_repr FROM events_dead_letter WHERE row_repr LIKE '%\\\\x01\\\\x01\\\\xff%'")
+    dead = await db.fetchrow(
+        "SELECT error, row_repr FROM events_dead_letter WHERE row_repr LIKE '%\\\\x01\\\\x01\\\\xff%'"
+    )
     assert dead is not None and "unpack" in dead["error"]  # struct.error while parsing the payload
     await journal.close()
