@@ -531,3 +531,28 @@ def test_trackd_sizing_writes_the_overlay_and_kustomize_takes_it(tmp_path: Path)
 def test_trackd_sizing_refuses_bad_input(args: list[str], message: str) -> None:
     result = run_sizing(*args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def _quantity_bytes(quantity: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "k": 10**3, "M": 10**6, "G": 10**9}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(float(quantity[: -len(suffix)]) * factor)
+    return int(quantity)
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_journal_cap_fits_in_its_volume(overlay: str) -> None:
+    """A journal allowed to outgrow its emptyDir gets the pod evicted, losing what it held."""
+    (deployment,) = [o for o in render(overlay) if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/var/lib/trackd"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    names = {ref["configMapRef"]["name"] for ref in container.get("envFrom", []) if "configMapRef" in ref}
+    config: dict[str, str] = {}
+    for obj in render(overlay):
+        if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] in names:
+            config.update(obj["data"])
+    cap = int(config["TRACKD_JOURNAL_MAX_BYTES"])
+    assert cap + (64 << 20) < _quantity_bytes(volume["emptyDir"]["sizeLimit"])
