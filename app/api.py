@@ -139,7 +139,7 @@ FROM events WHERE campaign_id = $1
 
 @v1.get("/campaigns/{campaign_id}/stats", response_model=CampaignStats)
 async def campaign_stats(campaign_id: str, svc: Authorised) -> dict[str, Any]:
-    (row,) = await _fetch(svc, _STATS_SQL, campaign_id)
+    (row,) = await _fetch(svc, _STATS_SQL, _campaign(campaign_id))
     return {"campaign_id": campaign_id, **dict(row)}
 
 
@@ -182,13 +182,20 @@ async def per_second(
         raise APIError(422, "invalid_range", "since must not be after until")
     if (end - start).total_seconds() >= MAX_SERIES_SECONDS:
         raise APIError(422, "invalid_range", f"at most {MAX_SERIES_SECONDS} seconds per request")
-    rows = await _fetch(svc, _PER_SECOND_SQL, start, end, campaign_id)
+    rows = await _fetch(svc, _PER_SECOND_SQL, start, end, _campaign(campaign_id))
     return {
         "campaign_id": campaign_id,
         "since": int(start.timestamp()),
         "until": int(end.timestamp()),
         "series": [dict(r) for r in rows],
     }
+
+
+def _campaign(campaign_id: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL: refuse it here as bad input, not as a database failure.
+    if campaign_id is not None and ("\x00" in campaign_id or len(campaign_id.encode("utf-8", "replace")) > 255):
+        raise APIError(422, "invalid_request", "campaign_id must be at most 255 bytes, without NUL")
+    return campaign_id
 
 
 async def _fetch(svc: Services, sql: str, *args: object) -> list[asyncpg.Record]:

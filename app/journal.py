@@ -264,10 +264,16 @@ class JournalDir:
         self._committed = end
         self._read = max(self._read, end)
         done = [n for n in _segments(self.path) if n < end.segment]
-        self._save_checkpoint(now=bool(done))
+        # Segments go first: on a full disk the checkpoint cannot be written, and deleting is
+        # what frees the space. A checkpoint left pointing into a deleted segment is harmless:
+        # the reader treats a missing segment as empty and moves on.
         for number in done:
             with contextlib.suppress(FileNotFoundError):
                 (self.path / _segment_name(number)).unlink()
+        try:
+            self._save_checkpoint(now=bool(done))
+        except OSError as exc:
+            log.warning("journal %s: checkpoint not saved (%s); a restart would replay, harmlessly", self.path, exc)
         return done
 
     @property
@@ -339,10 +345,15 @@ class Journal:
 
     def open(self) -> JournalDir:
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        path.mkdir()
-        lock_fd = try_lock(path / "lock")
-        assert lock_fd is not None, "a fresh journal directory cannot be locked by anyone else"
+        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # Made and locked under a hidden name, then renamed into view: another worker's orphan
+        # scan must never see (and adopt) a directory whose owner has not locked it yet.
+        hidden = self.root / f".{name}"
+        hidden.mkdir()
+        lock_fd = try_lock(hidden / "lock")
+        assert lock_fd is not None, "nobody else can know of a directory made a moment ago"
+        path = self.root / name
+        hidden.rename(path)
         self.own = JournalDir(path, lock_fd, live=True)
         self._open_segment(1)
         self._loop = asyncio.get_running_loop()
@@ -351,12 +362,23 @@ class Journal:
         return self.own
 
     def _open_segment(self, number: int) -> None:
+        """Switch to segment `number`. The new file is opened before the old one is closed: if
+        it cannot be (disk full), appends go on into the current segment rather than into a
+        closed descriptor number that the process may since have reused for a socket."""
         assert self.own is not None
+        try:
+            fd = os.open(self.own.path / _segment_name(number), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            if self._fd < 0:
+                raise
+            log.error("journal: cannot start segment %d (%s); the current one keeps growing", number, exc)
+            return
         if self._fd >= 0:
-            if self.fsync is not FsyncPolicy.never:
-                os.fdatasync(self._fd)
+            with contextlib.suppress(OSError):
+                if self.fsync is not FsyncPolicy.never:
+                    os.fdatasync(self._fd)
             os.close(self._fd)
-        self._fd = os.open(self.own.path / _segment_name(number), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = fd
         self._segment, self._offset = number, 0
         if self.fsync is not FsyncPolicy.never:
             # The new file's directory entry must be durable too, or a machine crash loses it.
@@ -423,7 +445,10 @@ class Journal:
         if ok:
             self.appended += len(events)
             if self.fsync is FsyncPolicy.always:
-                os.fdatasync(self._fd)
+                try:
+                    os.fdatasync(self._fd)
+                except OSError as exc:  # written, just not known to be on disk: answer anyway
+                    log.error("journal fdatasync failed: %s", exc)
         else:
             self.write_errors += len(events)
         if flushed is not None and not flushed.done():
@@ -475,7 +500,7 @@ def orphans(root: Path, own: Path | None) -> Iterator[JournalDir]:
     """Journal directories no live process holds: each is locked for us and returned."""
     if not root.exists():
         return
-    for path in sorted(p for p in root.iterdir() if p.is_dir()):
+    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if own is not None and path == own:
             continue
         lock_fd = try_lock(path / "lock")

@@ -100,7 +100,9 @@ def _announce_shutdown_on_sigterm(svc: Services, delay_s: float) -> None:
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         svc.shutting_down = True
-        svc.metrics.ready.set(0)
+        # Not .set() here: a signal handler may run while the main thread holds the metric's
+        # lock (not reentrant); the loop does it right after.
+        loop.call_soon_threadsafe(svc.metrics.ready.set, 0)
         if delay_s > 0:
             loop.call_soon_threadsafe(loop.call_later, delay_s, server_handler, signum, frame)
         else:

@@ -158,6 +158,8 @@ class KeyRing:
             data = token.encode("ascii")
         except UnicodeEncodeError:
             return None
+        if data.translate(None, _B64URL):
+            return None  # '+', '/', '=' or anything else outside base64url: one spelling per token
         if rem:
             if rem == 1 or data[-1] not in _LAST_CHAR_OK[rem]:
                 return None

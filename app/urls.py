@@ -19,7 +19,9 @@ _SCHEME = re.compile(r"^(https?)://", re.IGNORECASE)
 # differentials between browsers, and text that cannot be encoded. Never signed.
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\\\\\ud800-\udfff]")
 _PORT = re.compile(r"^[0-9]{1,5}$")
-_ASCII_HOST = re.compile(r"^[A-Za-z0-9.\-_~%!$&'()*+,;=]+$")
+# No '%': browsers decode it in hosts (http://evil%2Ecom/ goes to evil.com), so what we store
+# would not be the host a person is sent to.
+_ASCII_HOST = re.compile(r"^[A-Za-z0-9.\-_~!$&'()*+,;=]+$")
 _NEEDS_QUOTING = re.compile(r"[^\x21-\x7e]")
 
 

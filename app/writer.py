@@ -18,6 +18,7 @@ import logging
 import struct
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Literal
 
 import asyncpg
@@ -54,7 +55,7 @@ WITH ins AS (
 ), per_second AS (
     INSERT INTO interactions_per_second AS t (second, campaign_id, kind, is_machine, events, max_lag_ms)
     SELECT date_trunc('second', occurred_at), campaign_id, kind, is_machine, count(*),
-           greatest(0, ceil(extract(epoch FROM clock_timestamp() - min(occurred_at)) * 1000))::int
+           least(2147483647, greatest(0, ceil(extract(epoch FROM clock_timestamp() - min(occurred_at)) * 1000)))::int
     FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
     ON CONFLICT (second, campaign_id, kind, is_machine) DO UPDATE
     SET events = t.events + EXCLUDED.events, max_lag_ms = greatest(t.max_lag_ms, EXCLUDED.max_lag_ms)
@@ -67,6 +68,17 @@ _TRANSIENT = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, 
 
 
 _EPOCH = dt.date(1970, 1, 1)
+
+
+def partition_days(epoch_seconds: Iterable[float]) -> set[dt.date]:
+    """The UTC days whose partitions these receipt times need. PostgreSQL's to_timestamp rounds
+    to the microsecond, so a time within a microsecond of midnight may land in the next day:
+    both days are made for those."""
+    numbers = set()
+    for t in epoch_seconds:
+        numbers.add(int(t // 86400))
+        numbers.add(int((t + 1e-6) // 86400))
+    return {_EPOCH + dt.timedelta(days=n) for n in numbers}
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -257,7 +269,7 @@ class Writer:
         return True
 
     async def _write(self, conn: asyncpg.Connection, rows: list[Row], dead: Dead) -> int:
-        days = {_EPOCH + dt.timedelta(days=n) for n in {int(r[1] // 86400) for r in rows}} - self._days  # type: ignore[operator]
+        days = partition_days(r[1] for r in rows) - self._days  # type: ignore[misc]
         if days:
             await conn.execute("SELECT trackd_ensure_partitions($1::date[])", sorted(days))
             self._days |= days

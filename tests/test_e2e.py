@@ -230,3 +230,8 @@ def test_oversized_api_bodies_get_413(api: httpx.Client) -> None:
     streamed = api.post("/v1/tracking-urls", content=chunks(), headers={"Content-Type": "application/json"})
     assert streamed.status_code == 413 and streamed.json()["error"] == "request_entity_too_large"
     assert api.post("/v1/tracking-urls", json={"campaign_id": "c", "recipient_id": "r", "links": []}).status_code == 200
+
+
+def test_campaign_ids_postgresql_cannot_hold_are_bad_input(api: httpx.Client) -> None:
+    assert api.get("/v1/campaigns/a%00b/stats").status_code == 422
+    assert api.get("/v1/interactions/per-second", params={"campaign_id": "a\x00b"}).status_code == 422

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +179,57 @@ def test_checkpoint_survives_reopen(tmp_path: Path) -> None:
     reader.release()
     fd = try_lock(tmp_path / "j" / "lock")
     assert JournalDir(tmp_path / "j", fd, live=False).committed == Position(3, 120)  # type: ignore[arg-type]
+
+
+async def test_a_segment_that_cannot_be_opened_does_not_lose_appends(tmp_path: Path, monkeypatch) -> None:
+    """Rotation opens the new file before closing the old one: with the disk full at that
+    moment, appends carry on in the current segment (not into a stale descriptor number)."""
+    journal = open_journal(tmp_path, segment_bytes=4096)
+    real_open = os.open
+    refused: list[str] = []
+
+    def refuse_new_segments(path: object, *args: object, **kwargs: object) -> int:
+        if str(path).endswith("00000002.seg") and not refused:
+            refused.append(str(path))
+            raise OSError(28, "No space left on device")
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refuse_new_segments)
+    await append_all(journal, 100)  # one tick: its write fills segment 1; rotating is refused
+    await append_all(journal, 100, start=100)  # the next tick still lands, and rotates
+    assert refused and journal.write_position.segment >= 2  # it moved on once a new file could be made
+    own = journal.own
+    assert own is not None
+    got: list[RawEvent] = []
+    while (batch := own.read(1000, journal.write_position)) is not None:
+        got += batch.events
+        journal.forget(own.commit(batch.end))
+    assert [e.id for e in got] == list(range(200))
+    await journal.close()
+
+
+def test_segments_are_deleted_even_when_the_checkpoint_cannot_be_saved(tmp_path: Path, monkeypatch) -> None:
+    directory = tmp_path / "full"
+    directory.mkdir()
+    for number in (1, 2, 3):
+        (directory / f"{number:08d}.seg").write_bytes(b"x" * 100)
+    fd = try_lock(directory / "lock")
+    assert fd is not None
+    reader = JournalDir(directory, fd, live=False)
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    assert reader.commit(Position(3, 0)) == [1, 2]  # the space is freed all the same
+    assert sorted(p.name for p in directory.glob("*.seg")) == ["00000003.seg"]
+
+
+async def test_a_journal_being_created_is_never_adopted(tmp_path: Path) -> None:
+    (tmp_path / ".20261128T000000-1-abcdef12").mkdir()  # another process, between mkdir and lock
+    assert list(orphans(tmp_path, None)) == []
+    journal = open_journal(tmp_path)
+    assert journal.own is not None and not journal.own.path.name.startswith(".")
+    hidden = {p.name for p in tmp_path.iterdir() if p.name.startswith(".")}  # noqa: ASYNC240
+    assert hidden == {".20261128T000000-1-abcdef12"}  # ours was renamed into view
+    await journal.close()

@@ -167,3 +167,12 @@ def test_bad_key_specs(spec: str) -> None:
 def test_duplicate_kids_refused() -> None:
     with pytest.raises(ValueError):
         KeyRing.from_specs(["k1:first-secret-0123456789", "k1:other-secret-0123456789"])
+
+
+def test_one_spelling_per_token() -> None:
+    """Standard base64 letters, or padding, must not give a second string that verifies."""
+    std = TOKEN.replace("-", "+").replace("_", "/")
+    assert std != TOKEN or "-" not in TOKEN
+    for variant in (std, TOKEN + "=", TOKEN + "==", TOKEN.replace("_", "/", 1), TOKEN.replace("-", "+", 1)):
+        if variant != TOKEN:
+            assert RING.verify(variant, KIND_CLICK) is None, variant

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from app.journal import Journal
 from app.metrics import Metrics
 from app.settings import FsyncPolicy, Settings
 from app.tokens import KeyRing
-from app.writer import Writer, is_data_error
+from app.writer import Writer, is_data_error, partition_days
 
 RING = KeyRing.from_specs(["k1:writer-test-secret-0123"])
 
@@ -124,3 +125,20 @@ async def test_a_record_no_row_can_be_made_of_goes_to_dead_letters(writer: Write
     )
     assert dead is not None and "unpack" in dead["error"]  # struct.error while parsing the payload
     await journal.close()
+
+
+def test_partitions_cover_a_receipt_time_that_rounds_past_midnight() -> None:
+    midnight = 1_764_460_800.0  # 2025-11-30T00:00:00Z
+    days = partition_days([midnight - 4e-7])  # PostgreSQL rounds this to 00:00:00.000000
+    assert days == {dt.date(2025, 11, 29), dt.date(2025, 11, 30)}
+    assert partition_days([midnight - 3600]) == {dt.date(2025, 11, 29)}
+
+
+async def test_events_received_long_ago_still_land(writer: Writer, db: asyncpg.Connection) -> None:
+    """A journal replayed weeks later (a long outage, a parked volume): lags beyond 2^31 ms must
+    not turn every row into a dead letter."""
+    old = [e._replace(received_at=e.received_at - 40 * 86400) for e in raw_events("long-ago", 5)]
+    async with writer.pool.acquire() as conn:
+        assert await writer._write(conn, writer.rows.rows(old), []) == 5
+    lag = await db.fetchval("SELECT max(max_lag_ms) FROM interactions_per_second WHERE campaign_id = 'long-ago'")
+    assert lag == 2**31 - 1

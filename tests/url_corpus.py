@@ -310,6 +310,8 @@ CORPUS: list[tuple[str, str, str]] = [
 ]
 
 REJECTED: list[tuple[str, object]] = [
+    # Browsers decode %xx in hosts: http://evil%2Ecom/ goes to evil.com.
+    ("percent_in_host", "http://evil%2Ecom/"),
     # --- Schemes other than http(s) ------------------------------------------------------------
     ("javascript", "javascript:alert(1)"),
     ("javascript_mixed_case", "JaVaScRiPt:alert(document.cookie)"),
