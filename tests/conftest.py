@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.pgserver import EmbeddedPostgres
-from tests.support import API_KEY, ServerProcess, postgres_dir
+from tests.support import API_KEY, ServerProcess, embedded_postgres
 
 
 @pytest.fixture(scope="session")
@@ -22,13 +22,8 @@ def embedded_pg() -> Iterator[EmbeddedPostgres | None]:
     if os.environ.get("DATABASE_URL"):
         yield None
         return
-    with postgres_dir() as path:
-        pg = EmbeddedPostgres(path / "data", fast_unsafe=True)
-        pg.start()
-        try:
-            yield pg
-        finally:
-            pg.stop("immediate")
+    with embedded_postgres() as pg:
+        yield pg
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from app.pgserver import EmbeddedPostgres
+
 ROOT = Path(__file__).resolve().parent.parent
 SIGNING_KEYS = "k2:test-secret-number-two-abcdef,k1:test-secret-number-one-abcdef"
 API_KEY = "test-api-key-0123456789"
@@ -33,6 +35,19 @@ def postgres_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def embedded_postgres() -> Iterator[EmbeddedPostgres]:
+    """A started embedded PostgreSQL of its own (fast, and safe against process crashes only),
+    stopped and removed afterwards."""
+    with postgres_dir() as path:
+        server = EmbeddedPostgres(path / "data", fast_unsafe=True)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop("immediate")
 
 
 def free_port() -> int:

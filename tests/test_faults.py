@@ -22,7 +22,7 @@ import pytest
 
 from app.pgserver import EmbeddedPostgres
 from tests.loadclient import Load, p99, served, signed_paths
-from tests.support import ServerProcess, metric, postgres_dir
+from tests.support import ServerProcess, embedded_postgres, metric
 
 pytestmark = pytest.mark.faults
 
@@ -37,13 +37,8 @@ FAULT_ENV = {
 @pytest.fixture
 def pg() -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL of this test's own, so that the test may stop it, lock it, restart it."""
-    with postgres_dir() as path:
-        server = EmbeddedPostgres(path / "pg", fast_unsafe=True)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop("immediate")
+    with embedded_postgres() as server:
+        yield server
 
 
 def trackd(tmp_path: Path, pg: EmbeddedPostgres, **env: str) -> ServerProcess:
