@@ -32,7 +32,7 @@ deps-debian:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing >/dev/null; \
 	  else \
 	    echo "the tests need the Debian packages:$$missing -- run: sudo apt-get install$$missing"; exit 1; \
 	  fi; \
