@@ -82,7 +82,6 @@ class Damage:
     """What a reader had to skip."""
 
     corrupt_records: int = 0
-    corrupt_bytes: int = 0
     torn_tails: int = 0
 
 
@@ -191,7 +190,6 @@ class JournalDir:
             if leftover and (later or not self.live):
                 # Bytes that are no whole record at the end of a finished segment: a torn tail.
                 self.damage.torn_tails += 1
-                self.damage.corrupt_bytes += leftover
                 log.warning("journal %s segment %d: torn tail of %d bytes skipped",
                             self.path, position.segment, leftover)  # fmt: skip
                 position = Position(position.segment, offset + leftover)
@@ -243,7 +241,6 @@ class JournalDir:
                     break  # the record is still being written (own journal) or a torn tail
             skipped_to = size if resume is None else resume
             self.damage.corrupt_records += 1
-            self.damage.corrupt_bytes += skipped_to - at
             if start.segment not in self._warned:
                 self._warned.add(start.segment)
                 log.error("journal %s segment %d: damaged record at offset %d skipped",
@@ -328,7 +325,6 @@ class Journal:
         self.fsync = fsync
         self.fsync_interval_s = fsync_interval_s
         self.appended = 0  # events written to disk by this process
-        self.write_errors = 0
         self._pending: list[RawEvent] = []
         self._flushed: asyncio.Future[bool] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -449,8 +445,6 @@ class Journal:
                     os.fdatasync(self._fd)
                 except OSError as exc:  # written, just not known to be on disk: answer anyway
                     log.error("journal fdatasync failed: %s", exc)
-        else:
-            self.write_errors += len(events)
         if flushed is not None and not flushed.done():
             flushed.set_result(ok)
         if ok and self._offset >= self.segment_bytes:

@@ -39,6 +39,15 @@ def _open_up(path: Path, bits: int) -> None:
     path.chmod(path.stat().st_mode | bits)
 
 
+def _opened_up() -> bool:
+    """Whether the install tree is already usable by other users (a previous start, or a pip
+    with a usual umask): then the walk over its ~2000 files is skipped at every later start."""
+    install = _install_dir()
+    return (install / "bin" / "postgres").stat().st_mode & 0o011 == 0o011 and (
+        install / "share" / "postgres.bki"
+    ).stat().st_mode & 0o044 == 0o044
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -66,10 +75,11 @@ class EmbeddedPostgres:
         self._user = _SYSTEM_USER
         for parent in [*self.pgdata.parents, *_install_dir().parents]:
             _open_up(parent, 0o011)
-        for root, _dirs, files in os.walk(_install_dir()):
-            _open_up(Path(root), 0o055)
-            for name in files:
-                _open_up(Path(root) / name, 0o044 | (0o011 if "/bin" in root else 0))
+        if not _opened_up():
+            for root, _dirs, files in os.walk(_install_dir()):
+                _open_up(Path(root), 0o055)
+                for name in files:
+                    _open_up(Path(root) / name, 0o044 | (0o011 if "/bin" in root else 0))
         # initdb, run as that user, owns everything it creates inside.
         os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
 

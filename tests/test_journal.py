@@ -45,6 +45,17 @@ def open_journal(root: Path, **kw: object) -> Journal:
     return journal
 
 
+def drain(journal: Journal, batch_rows: int = 1000) -> list[RawEvent]:
+    """Read and commit everything in `journal`'s own directory, as the writer would."""
+    own = journal.own
+    assert own is not None
+    got: list[RawEvent] = []
+    while (batch := own.read(batch_rows, journal.write_position)) is not None:
+        got += batch.events
+        journal.forget(own.commit(batch.end))
+    return got
+
+
 async def append_all(journal: Journal, n: int, start: int = 0) -> None:
     futures = [journal.append(make_event(i)) for i in range(start, start + n)]
     assert all(f is not None for f in futures)
@@ -56,14 +67,9 @@ async def test_one_write_per_tick_and_reading_back(tmp_path: Path) -> None:
     await append_all(journal, 500)
     assert journal.appended == 500
     assert journal.write_position.segment > 1  # 4 KiB segments rotated
+    assert [e.id for e in drain(journal, batch_rows=64)] == list(range(500))
     own = journal.own
-    assert own is not None
-    got: list[RawEvent] = []
-    while (batch := own.read(64, journal.write_position)) is not None:
-        got += batch.events
-        journal.forget(own.commit(batch.end))
-    assert [e.id for e in got] == list(range(500))
-    assert own.damage.corrupt_records == 0
+    assert own is not None and own.damage.corrupt_records == 0
     # Fully committed segments are deleted, and the cap counts only what is left.
     assert len(list(own.path.glob("*.seg"))) == 1
     assert journal.own_bytes < 4096 + 200
@@ -151,10 +157,7 @@ async def test_cap_refuses_appends_when_full(tmp_path: Path) -> None:
             assert await future
     assert refused > 0 and journal.full
     assert journal.own_bytes < 8192 + 4096
-    own = journal.own
-    assert own is not None
-    while (batch := own.read(1000, journal.write_position)) is not None:
-        journal.forget(own.commit(batch.end))
+    assert len(drain(journal)) == accepted
     journal.rotate_if_drained()
     assert not journal.full  # committed segments deleted: room again
     assert journal.append(make_event(10_000)) is not None
@@ -198,13 +201,7 @@ async def test_a_segment_that_cannot_be_opened_does_not_lose_appends(tmp_path: P
     await append_all(journal, 100)  # one tick: its write fills segment 1; rotating is refused
     await append_all(journal, 100, start=100)  # the next tick still lands, and rotates
     assert refused and journal.write_position.segment >= 2  # it moved on once a new file could be made
-    own = journal.own
-    assert own is not None
-    got: list[RawEvent] = []
-    while (batch := own.read(1000, journal.write_position)) is not None:
-        got += batch.events
-        journal.forget(own.commit(batch.end))
-    assert [e.id for e in got] == list(range(200))
+    assert [e.id for e in drain(journal)] == list(range(200))
     await journal.close()
 
 

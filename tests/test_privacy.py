@@ -101,3 +101,4 @@ async def test_end_to_end_trusted_proxy_and_trimmed_user_agent(tmp_path, databas
         await conn.close()
     assert str(row["ip"]) == "198.51.100.0/24"
     assert row["user_agent"] == "U" * 64
+
