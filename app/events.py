@@ -1,9 +1,9 @@
-"""The event: what the hot path captures (cheap, raw) and the row the writer makes of it.
+"""Event ids, format 1 events, and the client address an event keeps.
 
-The request path keeps only what it must to answer: an id, the receipt time, the verified token
-payload and the raw peer/header bytes. Parsing the payload, resolving the client address through
-trusted proxies, anonymising it, trimming and classifying the user agent all happen in the
-writer, off the request path.
+`EventIds` makes the UUIDv7 each event gets at receipt (so a replay or a retry is idempotent).
+`RawEvent` is what earlier versions of the journal stored per event (format 1), still read on
+replay; today the hot path makes the `events` row itself (app.copyrows). `RowMaker` resolves the
+client address through trusted proxies and anonymises it, by the settings.
 """
 
 from __future__ import annotations
@@ -12,22 +12,13 @@ import functools
 import ipaddress
 import itertools
 import secrets
-from collections.abc import Sequence
 from typing import NamedTuple
 
-from app.classify import reason_for
 from app.settings import IPMode, Settings
-from app.tokens import KIND_CLICK, parse_payload
-
-# Column order of the rows the writer makes (see RowMaker.row and app.writer's staging table).
-COLUMNS = (
-    "id", "occurred_at", "kind", "campaign_id", "recipient_id", "link_index", "url", "ip",
-    "user_agent", "is_machine", "machine_reason", "sent_at",
-)  # fmt: skip
 
 
 class RawEvent(NamedTuple):
-    """What the hot path records. Tuples, so that making one costs next to nothing."""
+    """A format 1 journal record: the raw event as earlier versions recorded it."""
 
     id: int  # a UUIDv7 as an integer, made at receipt: replays and retries are idempotent
     received_at: float  # unix seconds
@@ -46,9 +37,15 @@ class EventIds:
         salt = secrets.randbits(42)
         self._high_salt = (7 << 76) | ((salt >> 30) << 64) | (2 << 62) | ((salt & (2**30 - 1)) << 32)
         self._counter = itertools.count(secrets.randbits(32))
+        self._hi_salt = self._high_salt >> 64
+        self._lo_salt = self._high_salt & 0xFFFF_FFFF_FFFF_FFFF
 
     def next(self, now: float) -> int:
         return (int(now * 1000) << 80) | self._high_salt | (next(self._counter) & 0xFFFF_FFFF)
+
+    def pair(self, unix_ms: int) -> tuple[int, int]:
+        """The next id as its high and low 64 bits (what a binary COPY row takes)."""
+        return (unix_ms << 16) | self._hi_salt, self._lo_salt | (next(self._counter) & 0xFFFF_FFFF)
 
 
 def anonymise(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -57,7 +54,7 @@ def anonymise(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddre
 
 
 class RowMaker:
-    """Turns raw events into `events` rows, applying the privacy and proxy settings."""
+    """The client address an `events` row keeps, by the privacy and proxy settings."""
 
     def __init__(self, settings: Settings) -> None:
         self.ip_mode = settings.ip_mode
@@ -102,29 +99,3 @@ class RowMaker:
         if self.ip_mode is IPMode.anonymize:
             return str(anonymise(address))
         return str(address)
-
-    def row(self, event: RawEvent) -> tuple[object, ...]:
-        claims = parse_payload(event.payload)
-        kind = "click" if claims.kind == KIND_CLICK else "open"
-        ua = event.user_agent.decode("utf-8", "replace").replace("\x00", "\ufffd") if event.user_agent else None
-        reason = reason_for(kind, event.is_head, event.user_agent)
-        # Plain values only (bytes, float, text): the conversions to uuid, timestamptz and inet
-        # happen in PostgreSQL's INSERT ... SELECT, where they cost a fraction of what building
-        # UUID, datetime and ipaddress objects in Python (and re-parsing them in the driver) does.
-        return (
-            event.id.to_bytes(16, "big"),
-            event.received_at,
-            kind,
-            claims.campaign_id,
-            claims.recipient_id,
-            claims.link_index,
-            claims.url,
-            self.ip_value(event.peer, event.forwarded_for),
-            ua,
-            reason is not None,
-            reason,
-            claims.sent_at,
-        )
-
-    def rows(self, events: Sequence[RawEvent]) -> list[tuple[object, ...]]:
-        return [self.row(e) for e in events]

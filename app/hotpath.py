@@ -1,10 +1,14 @@
-"""The raw ASGI handlers for `/c/{token}` (click redirect) and `/o/{token}.gif` (open pixel).
+"""The raw ASGI handler for `/c/{token}` (click redirect) and `/o/{token}.gif` (open pixel).
 
-They sit in front of FastAPI so that the requests that make up nearly all traffic pay for no
-routing, middleware or dependency injection: verify the token (HMAC, no database), append the
-event to the journal, answer. The only wait is for this event-loop tick's single journal write
-(shared by every request of the tick), so that no client gets a redirect for an event that is
-not on disk; the database is never waited for. Everything else goes to the wrapped app.
+It sits in front of FastAPI so that the requests that make up nearly all traffic pay for no
+routing, middleware or dependency injection: verify the token (HMAC, no database), make the
+event's `events` row, append it to the journal, answer. The only wait is for this event-loop
+tick's single journal write (shared by every request of the tick), so that no client gets a
+redirect for an event that is not on disk; the database is never waited for. Everything else
+goes to the wrapped app.
+
+It is one coroutine on purpose: each extra layer of `await` costs about a microsecond per
+request, measured (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -12,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
+from time import perf_counter, time_ns
 from typing import Any, Protocol
 
-from app.classify import is_machine
-from app.events import EventIds, RawEvent
+from app.copyrows import RowEncoder
+from app.events import EventIds
 from app.metrics import HotPathMeter, Metrics
 from app.tokens import KIND_CLICK, KIND_OPEN, KeyRing, click_location
 
@@ -33,7 +37,7 @@ class ASGIApp(Protocol):
 
 
 class Recorder(Protocol):
-    def append(self, event: RawEvent) -> asyncio.Future[bool] | None: ...
+    def append(self, row: bytes, received_us: int) -> asyncio.Future[bool] | None: ...
 
 
 def _start(status: int, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -80,6 +84,7 @@ class HotPath:
         keyring: KeyRing,
         metrics: Metrics,
         meter: HotPathMeter,
+        rows: RowEncoder,
         *,
         user_agent_max_bytes: int,
         capture_forwarded_for: bool,
@@ -89,6 +94,7 @@ class HotPath:
         self.keyring = keyring
         self.metrics = metrics
         self.meter = meter
+        self.rows = rows
         # Set by the lifespan once the journal is open; until then events are counted as dropped.
         self.journal: Recorder | None = None
         self.ids = EventIds()
@@ -102,23 +108,62 @@ class HotPath:
         )
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            path: str = scope["path"]
-            if path.startswith("/c/"):
-                return await self._guarded("click", self.click, scope, path[3:], send)
-            if path.startswith("/o/"):
-                return await self._guarded("open", self.pixel, scope, path[3:], send)
-        await self.app(scope, receive, send)
-
-    async def _guarded(self, kind: str, handler: Any, scope: Scope, token: str, send: Any) -> None:
-        started = time.perf_counter()
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path: str = scope["path"]
+        if path.startswith("/c/"):
+            click = True
+            token = path[3:]
+        elif path.startswith("/o/"):
+            click = False
+            token = path[3:-4] if path.endswith(".gif") else ""
+        else:
+            return await self.app(scope, receive, send)
+        started = perf_counter()
         method = scope["method"]
         if method != "GET" and method != "HEAD":
             await send(_METHOD_START)
             await send(_EMPTY_BODY)
             return
+        kind = "click" if click else "open"
         try:
-            await handler(scope, token, method == "HEAD", send)
+            is_head = method == "HEAD"
+            payload = self.keyring.verify(token, KIND_CLICK if click else KIND_OPEN)
+            ua = xff = None
+            for name, value in scope["headers"]:
+                if name == b"user-agent":
+                    ua = value[: self.ua_max]
+                elif name == b"x-forwarded-for" and self.capture_xff:
+                    xff = value
+            rows = self.rows
+            agent = rows.agent(kind, is_head, ua)
+            if payload is None:
+                self.meter.outcome(kind, "bad_token", agent.machine)
+                if click:
+                    await send(self._fallback_start or _NOT_FOUND_START)
+                    await send(_EMPTY_BODY if self._fallback_start else _NOT_FOUND_BODY)
+            else:
+                received_us = time_ns() // 1000
+                id_hi, id_lo = self.ids.pair(received_us // 1000)
+                client = scope["client"]
+                row = rows.row(id_hi, id_lo, received_us, agent.fields,
+                               rows.client(client[0] if client else None, xff), payload)  # fmt: skip
+                journal = self.journal
+                written = journal.append(row, received_us) if journal is not None else None
+                if written is None:
+                    self.meter.outcome(kind, "dropped", agent.machine)
+                    self.metrics.dropped_full.inc()
+                elif await written:
+                    self.meter.outcome(kind, "recorded", agent.machine)
+                else:
+                    self.meter.outcome(kind, "dropped", agent.machine)
+                    self.metrics.dropped_error.inc()
+                if click:
+                    await send(_start(302, [(b"location", click_location(payload)), _NO_STORE, _NO_BODY]))
+                    await send(_EMPTY_BODY)
+            if not click:  # a bad token still gets the image: a broken image in the mail helps nobody
+                await send(_PIXEL_START)
+                await send(_PIXEL_BODY)
         except Exception:
             # Nothing here is expected to fail; if it does, count it (an alert fires on any) and
             # let uvicorn answer 500 if no response started. One log line, not a flood.
@@ -127,55 +172,4 @@ class HotPath:
                 self._error_logged = True
                 log.exception("unexpected error on the %s path (logged once)", kind)
             raise
-        self.meter.duration(kind, time.perf_counter() - started)
-
-    async def _record(self, scope: Scope, kind: str, is_head: bool, payload: bytes) -> None:
-        ua = xff = None
-        for name, value in scope["headers"]:
-            if name == b"user-agent":
-                ua = value[: self.ua_max]
-            elif name == b"x-forwarded-for" and self.capture_xff:
-                xff = value
-        client = scope.get("client")
-        now = time.time()
-        event = RawEvent(self.ids.next(now), now, is_head, payload, client[0] if client else None, xff, ua)
-        machine = is_machine(kind, is_head, ua)
-        journal = self.journal
-        written = journal.append(event) if journal is not None else None
-        if written is None:
-            self.meter.outcome(kind, "dropped", machine)
-            self.metrics.dropped_full.inc()
-        elif await written:
-            self.meter.outcome(kind, "recorded", machine)
-        else:
-            self.meter.outcome(kind, "dropped", machine)
-            self.metrics.dropped_error.inc()
-
-    def _bad_token(self, scope: Scope, kind: str, is_head: bool) -> None:
-        ua = None
-        for name, value in scope["headers"]:
-            if name == b"user-agent":
-                ua = value[: self.ua_max]
-                break
-        self.meter.outcome(kind, "bad_token", is_machine(kind, is_head, ua))
-
-    async def click(self, scope: Scope, token: str, is_head: bool, send: Any) -> None:
-        payload = self.keyring.verify(token, KIND_CLICK)
-        if payload is None:
-            self._bad_token(scope, "click", is_head)
-            await send(self._fallback_start or _NOT_FOUND_START)
-            await send(_EMPTY_BODY if self._fallback_start else _NOT_FOUND_BODY)
-            return
-        await self._record(scope, "click", is_head, payload)
-        await send(_start(302, [(b"location", click_location(payload)), _NO_STORE, _NO_BODY]))
-        await send(_EMPTY_BODY)
-
-    async def pixel(self, scope: Scope, name: str, is_head: bool, send: Any) -> None:
-        # A bad token still gets the image: a broken image in the mail helps nobody.
-        payload = self.keyring.verify(name[:-4], KIND_OPEN) if name.endswith(".gif") else None
-        if payload is None:
-            self._bad_token(scope, "open", is_head)
-        else:
-            await self._record(scope, "open", is_head, payload)
-        await send(_PIXEL_START)
-        await send(_PIXEL_BODY)
+        self.meter.duration(kind, perf_counter() - started)

@@ -10,12 +10,16 @@ how events survive SIGKILL, and how several workers share one data directory wit
 file). Replays are harmless because event ids are made at receipt and the table ignores ids it
 already has.
 
-Framing of one record: magic (2 bytes) | length u32 | crc32 u32 (of the body, seeded with the
-length) | body. A torn tail (a crash mid-write) or a flipped byte fails the check; the reader
-skips to the next valid record, counts the damage and logs it once per segment.
+Framing: magic (2 bytes) | length u32 | crc32 u32 (of the body, seeded with the length) | body.
+A torn tail (a crash mid-write) or a flipped byte fails the check; the reader skips to the next
+valid frame, counts the damage and logs it once per segment. Format 2 (magic d7 4b) is one frame
+per event-loop tick: a count, the earliest and latest receipt time (unix microseconds), then the
+events as `events` rows in PostgreSQL's binary COPY format (app.copyrows), so the writer sends
+what it reads without touching each event. Format 1 (magic d7 4a, one raw event per frame) was
+written by earlier versions; it is still read, so an upgrade never strands a journal.
 
-Writes: the hot path appends events to a list and gets a future; one callback per event-loop tick
-encodes them all and makes a single write() (so a burst of requests costs one system call), then
+Writes: the hot path appends rows to a list and gets a future; one callback per event-loop tick
+frames them and makes a single write() (so a burst of requests costs one system call), then
 resolves the future. Responses are sent only after that: once a client has its redirect, the
 event is in the page cache and survives a crash of the process. How it survives a crash of the
 machine is the fsync policy's business (see docs/reliability.md).
@@ -35,22 +39,57 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from app.events import RawEvent
 from app.settings import FsyncPolicy
 
 log = logging.getLogger("trackd.journal")
 
-MAGIC = b"\xd7\x4a"
+MAGIC = b"\xd7\x4a"  # format 1: one raw event (read only)
+MAGIC_ROWS = b"\xd7\x4b"  # format 2: a tick's events as COPY rows
+_MAGICS = (MAGIC, MAGIC_ROWS)
 _HEADER = struct.Struct("<2sII")
 # id (two u64), received_at, is_head, then the lengths of peer, forwarded-for, user agent, payload
 _BODY = struct.Struct("<QQdBBHHH")
-_MAX_BODY = 1 << 20
+# Format 2: event count, earliest and latest receipt time (unix microseconds), then the rows.
+_CHUNK = struct.Struct("<Iqq")
+# A tick's rows are cut into frames of at most this many (a row is at most ~20 KB: URL and user
+# agent are bounded), so that a frame stays far below _MAX_BODY.
+MAX_FRAME_ROWS = 512
+_MAX_BODY = 64 << 20
 _SEGMENT_SUFFIX = ".seg"
 _CHECKPOINT_EVERY_S = 0.5
 
 
+class Chunk(NamedTuple):
+    """Events of one frame, as COPY rows (format 2)."""
+
+    count: int
+    first_us: int  # the earliest receipt time among them, unix microseconds
+    last_us: int
+    rows: bytes
+
+
+def frame_rows(rows: list[bytes], first_us: int, last_us: int) -> bytes:
+    """Frames for `rows` (format 2), at most MAX_FRAME_ROWS to a frame."""
+    frames = []
+    for start in range(0, len(rows), MAX_FRAME_ROWS):
+        part = rows[start : start + MAX_FRAME_ROWS]
+        body = _CHUNK.pack(len(part), first_us, last_us) + b"".join(part)
+        frames.append(_HEADER.pack(MAGIC_ROWS, len(body), zlib.crc32(body, len(body))) + body)
+    return frames[0] if len(frames) == 1 else b"".join(frames)
+
+
+def decode_chunk(body: bytes) -> Chunk:
+    count, first_us, last_us = _CHUNK.unpack_from(body)
+    if count < 1 or first_us > last_us:
+        raise ValueError("frame header out of range")
+    return Chunk(count, first_us, last_us, body[_CHUNK.size :])
+
+
 def encode(event: RawEvent) -> bytes:
+    """A format 1 record (written by earlier versions; kept to test that they are still read)."""
     peer = event.peer.encode("ascii", "replace") if event.peer else b""
     xff = (event.forwarded_for or b"")[:0xFFFF]
     ua = (event.user_agent or b"")[:0xFFFF]
@@ -93,9 +132,19 @@ class Position:
 
 @dataclass
 class Batch:
-    events: list[RawEvent]
+    chunks: list[Chunk]
+    legacy: list[RawEvent]  # format 1 events, made into rows by the writer
     end: Position
     source: JournalDir
+
+    @property
+    def count(self) -> int:
+        return sum(c.count for c in self.chunks) + len(self.legacy)
+
+    @property
+    def first_us(self) -> int | None:
+        times = [c.first_us for c in self.chunks] + [round(e.received_at * 1e6) for e in self.legacy]
+        return min(times) if times else None
 
 
 def _segment_name(number: int) -> str:
@@ -166,11 +215,12 @@ class JournalDir:
         return damage
 
     def read(self, max_rows: int, write_position: Position | None = None) -> Batch | None:
-        """Up to `max_rows` events after the last read position. `write_position` (own journal)
-        is where the appender is: never read past it."""
-        events: list[RawEvent] = []
+        """Frames after the last read position, until they hold `max_rows` events or more (a
+        frame is never split). `write_position` (own journal) is where the appender is: never
+        read past it."""
+        batch = Batch([], [], self._read, self)
         position = self._read
-        while len(events) < max_rows:
+        while batch.count < max_rows:
             path = self.path / _segment_name(position.segment)
             limit = -1
             if write_position is not None and write_position.segment == position.segment:
@@ -181,10 +231,10 @@ class JournalDir:
                     data = f.read(limit)
             except FileNotFoundError:
                 data = b""
-            offset = self._parse(data, position, events, max_rows)
+            offset = self._parse(data, position, batch, max_rows)
             leftover = position.offset + len(data) - offset
             position = Position(position.segment, offset)
-            if len(events) >= max_rows:
+            if batch.count >= max_rows:
                 break
             later = [n for n in _segments(self.path) if n > position.segment]
             if leftover and (later or not self.live):
@@ -198,8 +248,8 @@ class JournalDir:
             position = Position(later[0], 0)
         if position == self._read:
             return None
-        self._read = position
-        return Batch(events, position, self)
+        self._read = batch.end = position
+        return batch
 
     @staticmethod
     def _valid_at(data: bytes, at: int) -> int | None:
@@ -208,29 +258,33 @@ class JournalDir:
             return None
         magic, length, crc = _HEADER.unpack_from(data, at)
         end = at + _HEADER.size + length
-        if magic != MAGIC or length > _MAX_BODY or end > len(data):
+        if magic not in _MAGICS or length > _MAX_BODY or end > len(data):
             return None
         return end if zlib.crc32(data[at + _HEADER.size : end], length) == crc else None
 
     def _next_valid(self, data: bytes, start: int) -> int | None:
-        at = data.find(MAGIC, start)
+        at = data.find(MAGIC[:1], start)  # both magics start with the same byte
         while at != -1:
             if self._valid_at(data, at) is not None:
                 return at
-            at = data.find(MAGIC, at + 1)
+            at = data.find(MAGIC[:1], at + 1)
         return None
 
-    def _parse(self, data: bytes, start: Position, out: list[RawEvent], max_rows: int) -> int:
-        """Decode records from `data` (which starts at `start`) into `out`; return the offset just
-        after the last whole record consumed. Damaged records are skipped up to the next valid one;
-        an incomplete record at the end is left unconsumed."""
+    def _parse(self, data: bytes, start: Position, out: Batch, max_rows: int) -> int:
+        """Decode frames from `data` (which starts at `start`) into `out`; return the offset just
+        after the last whole frame consumed. Damaged frames are skipped up to the next valid one;
+        an incomplete frame at the end is left unconsumed."""
         at = 0
         size = len(data)
-        while at < size and len(out) < max_rows:
+        while at < size and out.count < max_rows:
             end = self._valid_at(data, at)
             if end is not None:
                 try:
-                    out.append(decode_body(data[at + _HEADER.size : end]))
+                    body = data[at + _HEADER.size : end]
+                    if data[at + 1] == MAGIC_ROWS[1]:
+                        out.chunks.append(decode_chunk(body))
+                    else:
+                        out.legacy.append(decode_body(body))
                     at = end
                     continue
                 except (ValueError, struct.error, UnicodeDecodeError):
@@ -251,9 +305,9 @@ class JournalDir:
     @staticmethod
     def _could_be_partial(data: bytes, at: int) -> bool:
         if len(data) - at < _HEADER.size:
-            return data[at : at + 2] == MAGIC[: len(data) - at]
+            return any(data[at : at + 2] == m[: len(data) - at] for m in _MAGICS)
         magic, length, _ = _HEADER.unpack_from(data, at)
-        return magic == MAGIC and length <= _MAX_BODY and at + _HEADER.size + length > len(data)
+        return magic in _MAGICS and length <= _MAX_BODY and at + _HEADER.size + length > len(data)
 
     def commit(self, end: Position) -> list[int]:
         """Everything before `end` is in PostgreSQL: advance the checkpoint and delete the
@@ -325,7 +379,9 @@ class Journal:
         self.fsync = fsync
         self.fsync_interval_s = fsync_interval_s
         self.appended = 0  # events written to disk by this process
-        self._pending: list[RawEvent] = []
+        self._pending: list[bytes] = []
+        self._first_us = 0
+        self._last_us = 0
         self._flushed: asyncio.Future[bool] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd = -1
@@ -420,26 +476,31 @@ class Journal:
         for number in deleted:
             self._disk_bytes -= self._sizes.pop(number, 0)
 
-    def append(self, event: RawEvent) -> asyncio.Future[bool] | None:
-        """Queue `event` for this tick's write. Returns a future that is True once the event is
-        written (False if the disk refused it), or None at once if the journal is full."""
+    def append(self, row: bytes, received_us: int) -> asyncio.Future[bool] | None:
+        """Queue an event's row (app.copyrows) for this tick's write. Returns a future that is
+        True once it is written (False if the disk refused it), or None at once if the journal
+        is full."""
         if self._fd < 0 or self._disk_bytes >= self.max_bytes:
             return None
-        self._pending.append(event)
         flushed = self._flushed
         if flushed is None:
             assert self._loop is not None
             flushed = self._flushed = self._loop.create_future()
             self._loop.call_soon(self._flush)
+            self._first_us = self._last_us = received_us
+        elif received_us < self._first_us:
+            self._first_us = received_us  # the wall clock stepped back within the tick
+        elif received_us > self._last_us:
+            self._last_us = received_us
+        self._pending.append(row)
         return flushed
 
     def _flush(self) -> None:
-        events, self._pending = self._pending, []
+        rows, self._pending = self._pending, []
         flushed, self._flushed = self._flushed, None
-        data = b"".join([encode(e) for e in events])
-        ok = self._write(data)
+        ok = self._write(frame_rows(rows, self._first_us, self._last_us)) if rows else True
         if ok:
-            self.appended += len(events)
+            self.appended += len(rows)
             if self.fsync is FsyncPolicy.always:
                 try:
                     os.fdatasync(self._fd)

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__, dashboard
 from app.api import APIError, ASCIIJSONResponse, ops, v1
+from app.copyrows import RowEncoder
 from app.db import create_pool, migrate
 from app.hotpath import HotPath
 from app.journal import Journal
@@ -219,6 +220,7 @@ def create_app(settings: Settings | None = None) -> HotPath:
         keyring,
         metrics,
         meter,
+        RowEncoder(settings),
         user_agent_max_bytes=settings.user_agent_max_bytes,
         capture_forwarded_for=bool(settings.trusted_proxies),
         fallback_url=to_location(settings.fallback_url) if settings.fallback_url else None,

@@ -133,9 +133,9 @@ class Metrics:
         self.ready = Gauge(
             "trackd_ready", "1 while this instance reports ready (/readyz).", registry=r, multiprocess_mode="livemin"
         )
-        Gauge(
-            "trackd_build_info", "Build information.", ["version"], registry=r, multiprocess_mode="max"
-        ).labels(__version__).set(1)
+        Gauge("trackd_build_info", "Build information.", ["version"], registry=r, multiprocess_mode="max").labels(
+            __version__
+        ).set(1)
 
         # Bound once: the hot path increments a ready child, no label lookup per request.
         self.outcome = {
@@ -164,14 +164,15 @@ class Metrics:
             multiprocess.mark_process_dead(os.getpid(), str(self.multiprocess_dir))
 
 
-def observe_many(histogram: Histogram, bounds: tuple[float, ...], values: Iterable[float]) -> None:
-    """Histogram.observe() for many values at once: one bucket increment per bucket, not per value
-    (each observe() takes a lock). `bounds` are the histogram's finite buckets."""
+def observe_weighted(histogram: Histogram, bounds: tuple[float, ...], pairs: Iterable[tuple[float, int]]) -> None:
+    """Histogram.observe() for many (value, how many times) pairs at once: one increment per
+    bucket, not per value (each observe() takes a lock). `bounds` are the histogram's finite
+    buckets."""
     counts = [0] * (len(bounds) + 1)
     total = 0.0
-    for value in values:
-        counts[bisect_left(bounds, value)] += 1
-        total += value
+    for value, times in pairs:
+        counts[bisect_left(bounds, value)] += times
+        total += value * times
     _add_counts(histogram, counts, total)
 
 

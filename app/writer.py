@@ -1,12 +1,15 @@
 """The batch writer: ships events from the journal to PostgreSQL, off the request path.
 
-Each batch is COPYed into a per-connection temporary table and moved into `events` with
-`INSERT ... ON CONFLICT DO NOTHING`, and the rows actually inserted are added to
-`interactions_per_second`, in one transaction: a batch retried after an unknown commit outcome,
-or replayed from the journal, adds nothing and counts nothing twice. Only after the commit does
-the journal's checkpoint move. Transient failures (connection lost, server restarting, statement
-timeout, lock wait) are retried with capped exponential backoff; rows PostgreSQL refuses as data
-are isolated by bisecting the batch and kept in `events_dead_letter`, so the rest lands.
+The journal holds events as rows in PostgreSQL's binary COPY format (app.copyrows), so a batch
+is the frames' bytes joined and sent: no Python work per event. It is COPYed straight into
+`events`; PostgreSQL keeps `interactions_per_second` from the rows actually inserted (a trigger,
+migration 003), in the same transaction. A batch that may hold rows already there (a replay of an
+adopted journal, a retry after an unknown commit outcome: COPY then fails on the primary key) goes
+through a temporary table and `INSERT ... ON CONFLICT DO NOTHING` instead, so it adds and counts
+nothing twice. Only after the commit does the journal's checkpoint move. Transient failures
+(connection lost, server restarting, statement timeout, lock wait) are retried with capped
+exponential backoff; rows PostgreSQL refuses as data are isolated by bisecting the batch and kept
+in `events_dead_letter`, so the rest lands.
 """
 
 from __future__ import annotations
@@ -17,51 +20,25 @@ import datetime as dt
 import logging
 import struct
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Literal
 
 import asyncpg
 
-from app.events import COLUMNS, RowMaker
-from app.journal import Batch, Journal, JournalDir, orphans
-from app.metrics import LAG_BUCKETS, Metrics, observe_many
+from app.copyrows import COLUMNS, COPY_HEADER, COPY_TRAILER, RowEncoder, decode_row, split_rows
+from app.journal import Batch, Chunk, Journal, JournalDir, orphans
+from app.metrics import LAG_BUCKETS, Metrics, observe_weighted
 from app.settings import Settings
 
 log = logging.getLogger("trackd.writer")
 
 WriterState = Literal["starting", "running", "retrying", "draining", "stopped"]
-Row = tuple[object, ...]
-# A refused row (or, when no row could even be built, the raw event) with the error.
-Dead = list[tuple[Row | None, str, object]]
+# A refused row (or, when no row could even be made, the format 1 event) with the error.
+Dead = list[tuple[bytes | None, str, object]]
 
-# The staging table takes the rows as the writer makes them (cheap to encode); the move into
-# `events` converts: id bytes -> uuid, epoch seconds -> timestamptz, text -> inet.
-_STAGE_DDL = """
-CREATE TEMP TABLE IF NOT EXISTS trackd_stage (
-    id bytea, occurred_at float8, kind text, campaign_id text, recipient_id text, link_index int,
-    url text, ip text, user_agent text, is_machine bool, machine_reason text, sent_at bigint
-) ON COMMIT DELETE ROWS
-"""
-_COLUMNS = ", ".join(COLUMNS)
-_MOVE = f"""
-WITH ins AS (
-    INSERT INTO events ({_COLUMNS})
-    SELECT encode(id, 'hex')::uuid, to_timestamp(occurred_at), kind, campaign_id, recipient_id, link_index,
-           url, ip::inet, user_agent, is_machine, machine_reason, to_timestamp(sent_at)
-    FROM trackd_stage
-    ON CONFLICT DO NOTHING
-    RETURNING occurred_at, campaign_id, kind, is_machine
-), per_second AS (
-    INSERT INTO interactions_per_second AS t (second, campaign_id, kind, is_machine, events, max_lag_ms)
-    SELECT date_trunc('second', occurred_at), campaign_id, kind, is_machine, count(*),
-           least(2147483647, greatest(0, ceil(extract(epoch FROM clock_timestamp() - min(occurred_at)) * 1000)))::int
-    FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-    ON CONFLICT (second, campaign_id, kind, is_machine) DO UPDATE
-    SET events = t.events + EXCLUDED.events, max_lag_ms = greatest(t.max_lag_ms, EXCLUDED.max_lag_ms)
-)
-SELECT count(*) FROM ins
-"""
+_STAGE_DDL = "CREATE TEMP TABLE IF NOT EXISTS trackd_stage (LIKE events) ON COMMIT DELETE ROWS"
+_COLUMN_LIST = ", ".join(COLUMNS)
+_MOVE = f"INSERT INTO events ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM trackd_stage ON CONFLICT DO NOTHING"
 _DEAD_LETTER = "INSERT INTO events_dead_letter (id, occurred_at, error, row_repr) VALUES ($1, $2, $3, $4)"
 _BACKOFF_MAX_S = 5.0
 _TRANSIENT = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, TimeoutError)
@@ -70,15 +47,14 @@ _TRANSIENT = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, 
 _EPOCH = dt.date(1970, 1, 1)
 
 
-def partition_days(epoch_seconds: Iterable[float]) -> set[dt.date]:
-    """The UTC days whose partitions these receipt times need. PostgreSQL's to_timestamp rounds
-    to the microsecond, so a time within a microsecond of midnight may land in the next day:
-    both days are made for those."""
-    numbers = set()
-    for t in epoch_seconds:
-        numbers.add(int(t // 86400))
-        numbers.add(int((t + 1e-6) // 86400))
-    return {_EPOCH + dt.timedelta(days=n) for n in numbers}
+def partition_days(ranges: Iterable[tuple[int, int]]) -> set[dt.date]:
+    """The UTC days whose partitions rows received within these (first, last) unix-microsecond
+    ranges need (a range is one event-loop tick: at most two days)."""
+    days = set()
+    for first, last in ranges:
+        for n in range(first // 86_400_000_000, last // 86_400_000_000 + 1):
+            days.add(_EPOCH + dt.timedelta(days=n))
+    return days
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -97,7 +73,7 @@ class Writer:
         self.journal = journal
         self.pool = pool
         self.metrics = metrics
-        self.rows = RowMaker(settings)
+        self.rows = RowEncoder(settings)
         self.batch_max_rows = settings.batch_max_rows
         self.flush_interval = settings.flush_interval_ms / 1000
         self.orphan_scan_interval = settings.orphan_scan_interval_s
@@ -111,6 +87,9 @@ class Writer:
         self._days: set[dt.date] = set()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The writer keeps one connection while it has a backlog: handing it back to the pool
+        # after each batch would cost a reset round trip per batch.
+        self._conn: asyncpg.Connection | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -133,10 +112,22 @@ class Writer:
                     await self._task
             except Exception as exc:  # shutdown goes on; the journal keeps what was not written
                 log.error("the writer stopped with an error: %r", exc)
+        await self._release_connection()
         for orphan in self.orphans:
             orphan.release()
         self.orphans.clear()
         self.state = "stopped"
+
+    async def _release_connection(self, *, broken: bool = False) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if broken:
+            # A connection that failed mid-operation may be left in a state asyncpg cannot reuse
+            # ("another operation is in progress", seen after server restarts): never reuse it.
+            conn.terminate()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.pool.release(conn), 5)
 
     # -- what is pending -----------------------------------------------------------------------
 
@@ -144,7 +135,7 @@ class Writer:
     def pending_rows(self) -> int:
         """Events of this process not yet committed, plus an adopted batch in flight."""
         own = self.journal.appended - self.committed_own
-        in_flight = len(self._batch.events) if self._batch and not self._batch.source.live else 0
+        in_flight = self._batch.count if self._batch and not self._batch.source.live else 0
         return max(0, own) + in_flight
 
     def pending_bytes(self) -> int:
@@ -152,9 +143,8 @@ class Writer:
         return (own.bytes_pending() if own else 0) + sum(o.bytes_pending() for o in self.orphans)
 
     def oldest_pending_at(self) -> float | None:
-        if self._batch is not None and self._batch.events:
-            return self._batch.events[0].received_at
-        return None
+        first = self._batch.first_us if self._batch is not None else None
+        return None if first is None else first / 1e6
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -168,6 +158,9 @@ class Writer:
                 while await self.flush_once():
                     delay = 0.0  # keep going while there is a backlog
                 delay = 0.0
+                # Caught up: the connection goes back to the pool (the API may need it) until
+                # the next round. Held from batch to batch, it costs no reset round trip each.
+                await self._release_connection()
             except Exception as exc:
                 # Whatever went wrong, the writer must not die: the journal keeps the batch and
                 # the next attempt starts on a fresh connection. Expected failures (database
@@ -246,57 +239,71 @@ class Writer:
         batch = self._batch
         if batch is None:
             return False
-        rows: list[Row] = []
+        chunks = list(batch.chunks)
         dead: Dead = []
-        for event in batch.events:
+        for event in batch.legacy:  # format 1: make its row now
             try:
-                rows.append(self.rows.row(event))
+                row, received_us = self.rows.from_event(event)
             except (ValueError, IndexError, struct.error) as exc:  # a record no row can be made of
                 dead.append((None, f"{type(exc).__name__}: {exc}", event))
+                continue
+            chunks.append(Chunk(1, received_us, received_us, row))
         started = time.perf_counter()
         inserted = 0
-        if rows or dead:
-            async with self.pool.acquire() as conn:
-                try:
-                    inserted = await self._write(conn, rows, dead)
-                except BaseException:
-                    # A connection that failed mid-operation may be left in a state asyncpg
-                    # cannot reuse ("another operation is in progress", seen after server
-                    # restarts): never hand it back to the pool.
-                    conn.terminate()
-                    raise
-        self._committed(batch, inserted, time.perf_counter() - started, len(dead))
+        if chunks or dead:
+            if self._conn is None:
+                self._conn = await self.pool.acquire()
+            try:
+                # Only our own live journal is new to the table; anything adopted may have been
+                # written already by the process that left it.
+                inserted = await self._write(self._conn, chunks, dead, direct=batch.source.live)
+            except BaseException:
+                await self._release_connection(broken=True)
+                raise
+        self._committed(batch, chunks, inserted, time.perf_counter() - started, len(dead))
         return True
 
-    async def _write(self, conn: asyncpg.Connection, rows: list[Row], dead: Dead) -> int:
-        days = partition_days(r[1] for r in rows) - self._days  # type: ignore[misc]
+    async def _write(self, conn: asyncpg.Connection, chunks: list[Chunk], dead: Dead, *, direct: bool) -> int:
+        days = partition_days((c.first_us, c.last_us) for c in chunks) - self._days
         if days:
             await conn.execute("SELECT trackd_ensure_partitions($1::date[])", sorted(days))
             self._days |= days
-        try:
-            inserted = await self._move(conn, rows)
-        except asyncpg.PostgresError as exc:
-            if not is_data_error(exc):
-                if exc.sqlstate == "23514":
-                    self._days.clear()  # a partition we thought existed is gone
-                raise
-            inserted = await self._isolate(conn, rows, dead)
+        inserted = 0
+        if chunks:
+            data = b"".join([COPY_HEADER, *(c.rows for c in chunks), COPY_TRAILER])
+            try:
+                inserted = await self._copy(conn, data, direct=direct)
+            except asyncpg.PostgresError as exc:
+                if not is_data_error(exc):
+                    if exc.sqlstate == "23514":
+                        self._days.clear()  # a partition we thought existed is gone
+                    raise
+                rows = split_rows(data[len(COPY_HEADER) : -len(COPY_TRAILER)])
+                inserted = await self._isolate(conn, rows, dead)
         if dead:
             await self._dead_letter(conn, dead)
         return inserted
 
-    async def _move(self, conn: asyncpg.Connection, rows: list[Row]) -> int:
-        if not rows:
-            return 0
+    async def _copy(self, conn: asyncpg.Connection, data: bytes, *, direct: bool) -> int:
+        """COPY a whole binary stream in one transaction; returns the rows inserted."""
+        if direct:
+            try:
+                async with conn.transaction():
+                    status = await conn.copy_to_table("events", source=memoryview(data), columns=COLUMNS,
+                                                      format="binary")  # fmt: skip
+                return int(status.rsplit(" ", 1)[1])
+            except asyncpg.UniqueViolationError:
+                pass  # some rows are in already (their commit went through before a failure)
         async with conn.transaction():
             await conn.execute(_STAGE_DDL)
-            await conn.copy_records_to_table("trackd_stage", records=rows, columns=COLUMNS)
-            return int(await conn.fetchval(_MOVE))
+            await conn.copy_to_table("trackd_stage", source=memoryview(data), columns=COLUMNS, format="binary")
+            status = await conn.execute(_MOVE)
+        return int(status.rsplit(" ", 1)[1])
 
-    async def _isolate(self, conn: asyncpg.Connection, rows: list[Row], dead: Dead) -> int:
+    async def _isolate(self, conn: asyncpg.Connection, rows: list[bytes], dead: Dead) -> int:
         """Bisect a refused batch: every good row lands, every refused one goes to `dead`."""
         try:
-            return await self._move(conn, rows)
+            return await self._copy(conn, b"".join([COPY_HEADER, *rows, COPY_TRAILER]), direct=False)
         except asyncpg.PostgresError as exc:
             if not is_data_error(exc):
                 raise
@@ -309,31 +316,39 @@ class Writer:
     async def _dead_letter(self, conn: asyncpg.Connection, dead: Dead) -> None:
         records = []
         for row, error, event in dead:
-            row_id = uuid.UUID(bytes=row[0]) if row and isinstance(row[0], bytes) and len(row[0]) == 16 else None
-            occurred = dt.datetime.fromtimestamp(row[1], dt.UTC) if row and isinstance(row[1], float) else None
-            records.append((row_id, occurred, error, repr(row if row is not None else event)))
+            values = None
+            if row is not None:
+                with contextlib.suppress(ValueError, IndexError, struct.error, UnicodeDecodeError):
+                    values = decode_row(row)
+            row_id = values.get("id") if values else None
+            occurred = values.get("occurred_at") if values else None
+            shown = values if values is not None else (row if row is not None else event)
+            records.append((row_id, occurred, error, repr(shown)))
         await conn.executemany(_DEAD_LETTER, records)
         log.error("%d rows refused by PostgreSQL kept in events_dead_letter (first: %s)", len(dead), dead[0][1])
 
-    def _committed(self, batch: Batch, inserted: int, seconds: float, dead: int) -> None:
+    def _committed(self, batch: Batch, chunks: list[Chunk], inserted: int, seconds: float, dead: int) -> None:
         deleted = batch.source.commit(batch.end)
+        count = batch.count
         if batch.source.live:
             self.journal.forget(deleted)
-            self.committed_own += len(batch.events)
+            self.committed_own += count
         self._batch = None
-        if not batch.events:
+        if not count:
             return  # only damage was skipped
         committed = time.time()
         m = self.metrics
         m.flush_seconds.observe(seconds)
-        m.batch_rows.observe(len(batch.events))
+        m.batch_rows.observe(count)
         m.events_written.inc(inserted)
-        m.events_duplicate.inc(len(batch.events) - inserted - dead)
+        m.events_duplicate.inc(count - inserted - dead)
         if dead:
             m.events_dead_lettered.inc(dead)
         if not batch.source.live:
-            m.events_replayed.inc(len(batch.events))
-        observe_many(m.ingest_lag, LAG_BUCKETS, [committed - event.received_at for event in batch.events])
+            m.events_replayed.inc(count)
+        # A frame's events were received within one event-loop tick: its earliest receipt time
+        # stands for all of them (the lag is overstated by at most the tick's length).
+        observe_weighted(m.ingest_lag, LAG_BUCKETS, [(committed - c.first_us / 1e6, c.count) for c in chunks])
         m.writer_up.set(1)
         self.last_commit_at = committed
         if self.state == "retrying":

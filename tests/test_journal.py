@@ -11,9 +11,23 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.copyrows import RowEncoder, decode_row, split_rows
 from app.events import RawEvent
-from app.journal import Journal, JournalDir, Position, decode_body, encode, orphans, try_lock
-from app.settings import FsyncPolicy
+from app.journal import (
+    MAX_FRAME_ROWS,
+    Batch,
+    Journal,
+    JournalDir,
+    Position,
+    decode_body,
+    decode_chunk,
+    encode,
+    frame_rows,
+    orphans,
+    try_lock,
+)
+from app.settings import FsyncPolicy, Settings
+from app.tokens import KIND_OPEN, KeyRing
 
 events = st.builds(
     RawEvent,
@@ -33,8 +47,30 @@ def test_encode_decode_round_trip(event: RawEvent) -> None:
     assert decode_body(record[10:]) == event
 
 
+_RING = KeyRing.from_specs(["t:journal-test-secret-0123456789"])
+_PAYLOAD = _RING.verify(_RING.sign_open("campaign", "recipient"), KIND_OPEN) or b""
+_ROWS = RowEncoder(Settings())
+_AGENT = _ROWS.agent("open", False, b"UA").fields
+_CLIENT = _ROWS.client("127.0.0.1", None)
+_T0_US = 1_700_000_000_000_000
+
+
+def make_row(i: int) -> bytes:
+    """A real `events` row whose id is `i` (the journal itself treats rows as opaque)."""
+    return _ROWS.row(0, i, _T0_US + i, _AGENT, _CLIENT, _PAYLOAD)
+
+
+def row_id(row: bytes) -> int:
+    return decode_row(row)["id"].int
+
+
+def ids_of(batch: Batch) -> list[int]:
+    return [row_id(r) for c in batch.chunks for r in split_rows(c.rows)] + [e.id for e in batch.legacy]
+
+
 def make_event(i: int) -> RawEvent:
-    return RawEvent(i, 1_700_000_000.0 + i, False, b"payload-%d" % i, "127.0.0.1", None, b"UA")
+    """A format 1 event, as earlier versions wrote them."""
+    return RawEvent(i, 1_700_000_000.0 + i, False, _PAYLOAD, "127.0.0.1", None, b"UA")
 
 
 def open_journal(root: Path, **kw: object) -> Journal:
@@ -45,21 +81,25 @@ def open_journal(root: Path, **kw: object) -> Journal:
     return journal
 
 
-def drain(journal: Journal, batch_rows: int = 1000) -> list[RawEvent]:
-    """Read and commit everything in `journal`'s own directory, as the writer would."""
+def drain(journal: Journal, batch_rows: int = 1000) -> list[int]:
+    """Read and commit everything in `journal`'s own directory, as the writer would; the ids."""
     own = journal.own
     assert own is not None
-    got: list[RawEvent] = []
+    got: list[int] = []
     while (batch := own.read(batch_rows, journal.write_position)) is not None:
-        got += batch.events
+        got += ids_of(batch)
         journal.forget(own.commit(batch.end))
     return got
 
 
-async def append_all(journal: Journal, n: int, start: int = 0) -> None:
-    futures = [journal.append(make_event(i)) for i in range(start, start + n)]
-    assert all(f is not None for f in futures)
-    assert all(await asyncio.gather(*futures))  # type: ignore[arg-type]
+async def append_all(journal: Journal, n: int, start: int = 0, *, per_tick: int | None = None) -> None:
+    """Append rows `start`..`start + n`, `per_tick` of them in each event-loop tick (all in one
+    by default: one frame per tick)."""
+    per_tick = per_tick or n
+    for first in range(start, start + n, per_tick):
+        futures = [journal.append(make_row(i), _T0_US + i) for i in range(first, min(start + n, first + per_tick))]
+        assert all(f is not None for f in futures)
+        assert all(await asyncio.gather(*futures))  # type: ignore[arg-type]
 
 
 async def test_one_write_per_tick_and_reading_back(tmp_path: Path) -> None:
@@ -67,12 +107,12 @@ async def test_one_write_per_tick_and_reading_back(tmp_path: Path) -> None:
     await append_all(journal, 500)
     assert journal.appended == 500
     assert journal.write_position.segment > 1  # 4 KiB segments rotated
-    assert [e.id for e in drain(journal, batch_rows=64)] == list(range(500))
+    assert drain(journal, batch_rows=64) == list(range(500))
     own = journal.own
     assert own is not None and own.damage.corrupt_records == 0
     # Fully committed segments are deleted, and the cap counts only what is left.
     assert len(list(own.path.glob("*.seg"))) == 1
-    assert journal.own_bytes < 4096 + 200
+    assert journal.own_bytes < 4096
     await journal.close()
     assert not own.path.exists()  # everything committed: nothing left behind
 
@@ -86,7 +126,7 @@ async def test_uncommitted_journal_is_left_and_adopted(tmp_path: Path) -> None:
     adopted = list(orphans(tmp_path, None))
     assert [o.path for o in adopted] == [own_path]
     batch = adopted[0].read(1000)
-    assert batch is not None and [e.id for e in batch.events] == list(range(50))
+    assert batch is not None and ids_of(batch) == list(range(50))
     adopted[0].commit(batch.end)
     assert adopted[0].read(1000) is None and adopted[0].exhausted()
     adopted[0].remove()
@@ -113,7 +153,7 @@ def test_a_live_process_keeps_its_journal(tmp_path: Path) -> None:
 
 async def _orphan_with(tmp_path: Path, n: int) -> tuple[Path, Path]:
     journal = open_journal(tmp_path, segment_bytes=1 << 20)
-    await append_all(journal, n)
+    await append_all(journal, n, per_tick=1)  # a frame each
     path = journal.own.path  # type: ignore[union-attr]
     await journal.close()
     return path, path / "00000001.seg"
@@ -125,7 +165,7 @@ async def test_torn_tail_is_skipped_and_counted(tmp_path: Path) -> None:
     segment.write_bytes(data[:-7])  # a crash in the middle of the last record
     (reader,) = orphans(tmp_path, None)
     batch = reader.read(1000)
-    assert batch is not None and [e.id for e in batch.events] == list(range(19))
+    assert batch is not None and ids_of(batch) == list(range(19))
     assert reader.damage.torn_tails == 1
     reader.commit(batch.end)
     assert reader.exhausted()
@@ -141,7 +181,7 @@ async def test_flipped_byte_loses_only_its_record(tmp_path: Path) -> None:
     (reader,) = orphans(tmp_path, None)
     batch = reader.read(1000)
     assert batch is not None
-    assert [e.id for e in batch.events] == [i for i in range(20) if i not in (7, 12)]
+    assert ids_of(batch) == [i for i in range(20) if i not in (7, 12)]
     assert reader.damage.corrupt_records == 2
 
 
@@ -149,7 +189,7 @@ async def test_cap_refuses_appends_when_full(tmp_path: Path) -> None:
     journal = open_journal(tmp_path, max_bytes=8192, segment_bytes=4096)
     accepted = refused = 0
     for i in range(400):
-        future = journal.append(make_event(i))
+        future = journal.append(make_row(i), _T0_US + i)
         if future is None:
             refused += 1
         else:
@@ -160,7 +200,7 @@ async def test_cap_refuses_appends_when_full(tmp_path: Path) -> None:
     assert len(drain(journal)) == accepted
     journal.rotate_if_drained()
     assert not journal.full  # committed segments deleted: room again
-    assert journal.append(make_event(10_000)) is not None
+    assert journal.append(make_row(10_000), _T0_US) is not None
     await journal.close()
 
 
@@ -201,7 +241,7 @@ async def test_a_segment_that_cannot_be_opened_does_not_lose_appends(tmp_path: P
     await append_all(journal, 100)  # one tick: its write fills segment 1; rotating is refused
     await append_all(journal, 100, start=100)  # the next tick still lands, and rotates
     assert refused and journal.write_position.segment >= 2  # it moved on once a new file could be made
-    assert [e.id for e in drain(journal)] == list(range(200))
+    assert drain(journal) == list(range(200))
     await journal.close()
 
 
@@ -230,3 +270,45 @@ async def test_a_journal_being_created_is_never_adopted(tmp_path: Path) -> None:
     hidden = {p.name for p in tmp_path.iterdir() if p.name.startswith(".")}  # noqa: ASYNC240
     assert hidden == {".20261128T000000-1-abcdef12"}  # ours was renamed into view
     await journal.close()
+
+
+def test_a_tick_is_one_frame_of_rows_with_its_time_range() -> None:
+    rows = [make_row(i) for i in range(3)]
+    data = frame_rows(rows, 5, 9)
+    chunk = decode_chunk(data[10:])
+    assert (chunk.count, chunk.first_us, chunk.last_us) == (3, 5, 9)
+    assert split_rows(chunk.rows) == rows
+
+
+def test_a_large_tick_is_cut_into_frames(tmp_path: Path) -> None:
+    n = MAX_FRAME_ROWS * 2 + 3
+    data = frame_rows([make_row(i) for i in range(n)], 1, 2)
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "00000001.seg").write_bytes(data)
+    (reader,) = orphans(tmp_path, None)
+    batch = reader.read(10 * n)
+    assert batch is not None
+    assert [c.count for c in batch.chunks] == [MAX_FRAME_ROWS, MAX_FRAME_ROWS, 3]
+    assert ids_of(batch) == list(range(n))
+
+
+async def test_the_time_range_covers_a_clock_that_steps_back(tmp_path: Path) -> None:
+    journal = open_journal(tmp_path, segment_bytes=1 << 20)
+    futures = [journal.append(make_row(i), t) for i, t in enumerate((50, 40, 70, 60))]
+    assert all(await asyncio.gather(*futures))  # type: ignore[arg-type]
+    batch = journal.own.read(100, journal.write_position)  # type: ignore[union-attr]
+    assert batch is not None and [(c.first_us, c.last_us) for c in batch.chunks] == [(40, 70)]
+    await journal.close()
+
+
+async def test_format_1_records_of_an_earlier_version_are_still_read(tmp_path: Path) -> None:
+    """An upgrade must not strand a journal: frames of both formats in one segment are read."""
+    directory = tmp_path / "old"
+    directory.mkdir()
+    legacy = b"".join(encode(make_event(i)) for i in range(3))
+    (directory / "00000001.seg").write_bytes(legacy + frame_rows([make_row(3), make_row(4)], 1, 2))
+    (reader,) = orphans(tmp_path, None)
+    batch = reader.read(1000)
+    assert batch is not None and sorted(ids_of(batch)) == [0, 1, 2, 3, 4]
+    assert [e.id for e in batch.legacy] == [0, 1, 2] and batch.count == 5
+    assert reader.damage.corrupt_records == 0

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from app.classify import machine_reason
+from app.copyrows import RowEncoder, decode_row
 from app.events import RawEvent, RowMaker
 from app.settings import Settings
 from app.tokens import KeyRing
@@ -58,10 +59,12 @@ def test_row_trims_and_classifies() -> None:
     payload = RING.verify(RING.sign_open("c", "r"), 0)
     assert payload is not None
     event = RawEvent(1 << 80, 1_700_000_000.5, False, payload, "192.0.2.1", None, b"Mozilla/5.0")
-    row = maker().row(event)
-    assert row[2] == "open" and row[9] is True and row[10] == "apple_privacy_proxy"
-    head = maker().row(event._replace(is_head=True, user_agent=b"\xff\xfebad\x00ua"))
-    assert head[8] == "\ufffd\ufffdbad\ufffdua" and head[10] == "head"
+    encoder = RowEncoder(Settings())
+    row = decode_row(encoder.from_event(event)[0])
+    assert row["kind"] == "open" and row["is_machine"] is True and row["machine_reason"] == "apple_privacy_proxy"
+    assert row["ip"] == "192.0.2.0/24"
+    head = decode_row(encoder.from_event(event._replace(is_head=True, user_agent=b"\xff\xfebad\x00ua"))[0])
+    assert head["user_agent"] == "\ufffd\ufffdbad\ufffdua" and head["machine_reason"] == "head"
 
 
 @pytest.mark.parametrize(
@@ -101,4 +104,3 @@ async def test_end_to_end_trusted_proxy_and_trimmed_user_agent(tmp_path, databas
         await conn.close()
     assert str(row["ip"]) == "198.51.100.0/24"
     assert row["user_agent"] == "U" * 64
-

@@ -176,3 +176,14 @@ def test_one_spelling_per_token() -> None:
     for variant in (std, TOKEN + "=", TOKEN + "==", TOKEN.replace("_", "/", 1), TOKEN.replace("-", "+", 1)):
         if variant != TOKEN:
             assert RING.verify(variant, KIND_CLICK) is None, variant
+
+
+@pytest.mark.parametrize("length", [16, 63, 64, 65, 200])
+def test_tags_are_standard_hmac_sha256_for_any_secret_length(length: int) -> None:
+    # verify() finishes pre-keyed SHA-256 states itself (RFC 2104); it must agree with hmac.new.
+    secret = bytes(range(256))[:length].replace(b":", b"a").decode("latin-1").encode("utf-8")
+    ring = KeyRing([SigningKey("k", secret)])
+    payload = ring.verify(ring.sign_open("c", "r"), KIND_OPEN)
+    assert payload is not None
+    assert ring.verify(_forge(payload, secret), KIND_OPEN) == payload
+    assert ring.verify(_forge(payload, secret + b"x"), KIND_OPEN) is None

@@ -10,9 +10,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from app.copyrows import RowEncoder
 from app.db import create_pool, migrate
 from app.events import EventIds, RawEvent
-from app.journal import Journal
+from app.journal import Chunk, Journal, encode
 from app.metrics import Metrics
 from app.settings import FsyncPolicy, Settings
 from app.tokens import KeyRing
@@ -29,6 +30,21 @@ def raw_events(campaign: str, n: int) -> list[RawEvent]:
     return [RawEvent(ids.next(now), now - i * 0.01, False, payload, "127.0.0.1", None, b"UA") for i in range(n)]
 
 
+def chunks_of(events: list[RawEvent]) -> list[Chunk]:
+    """One frame per event, as the journal would hand them to the writer."""
+    encoder = RowEncoder(Settings())
+    out = []
+    for event in events:
+        row, received_us = encoder.from_event(event)
+        out.append(Chunk(1, received_us, received_us, row))
+    return out
+
+
+async def append_rows(journal: Journal, events: list[RawEvent]) -> None:
+    chunks = chunks_of(events)
+    assert all(await asyncio.gather(*(journal.append(c.rows, c.first_us) for c in chunks)))  # type: ignore[misc]
+
+
 @pytest.fixture
 async def writer(tmp_path: Path, database_url: str) -> Writer:
     settings = Settings(database_url=database_url, data_dir=tmp_path)
@@ -37,27 +53,30 @@ async def writer(tmp_path: Path, database_url: str) -> Writer:
         await migrate(conn)
     journal = Journal(tmp_path / "j", max_bytes=1 << 20, segment_bytes=1 << 16, fsync=FsyncPolicy.never,
                       fsync_interval_s=1)  # fmt: skip
-    yield Writer(settings, journal, pool, Metrics())
-    await pool.close()
+    writer = Writer(settings, journal, pool, Metrics())
+    yield writer
+    await writer.stop(5)  # hands its connection back
+    await asyncio.wait_for(pool.close(), 10)
 
 
 async def test_a_batch_written_twice_adds_and_counts_nothing(writer: Writer, db: asyncpg.Connection) -> None:
-    rows = writer.rows.rows(raw_events("idempotent", 300))
+    rows = chunks_of(raw_events("idempotent", 300))
     async with writer.pool.acquire() as conn:
-        assert await writer._write(conn, rows, []) == 300
+        assert await writer._write(conn, rows, [], direct=True) == 300
         # The commit outcome was "unknown" (say the connection dropped as COMMIT went out): retry.
-        assert await writer._write(conn, rows, []) == 0
-        assert await writer._write(conn, rows[:10] + rows[-10:], []) == 0
+        # The straight COPY fails on the primary key and the batch goes through the stage.
+        assert await writer._write(conn, rows, [], direct=True) == 0
+        assert await writer._write(conn, rows[:10] + rows[-10:], [], direct=False) == 0
     assert await db.fetchval("SELECT count(*) FROM events WHERE campaign_id = 'idempotent'") == 300
     per_second = await db.fetchval("SELECT sum(events) FROM interactions_per_second WHERE campaign_id = 'idempotent'")
     assert per_second == 300
 
 
 async def test_per_second_rows_match_the_events(writer: Writer, db: asyncpg.Connection) -> None:
-    rows = writer.rows.rows(raw_events("per-second", 500))
+    rows = chunks_of(raw_events("per-second", 500))
     async with writer.pool.acquire() as conn:
-        await writer._write(conn, rows[:250], [])
-        await writer._write(conn, rows[200:], [])  # overlapping: the overlap counts once
+        assert await writer._write(conn, rows[:250], [], direct=True) == 250
+        assert await writer._write(conn, rows[200:], [], direct=True) == 250  # the overlap counts once
     mismatches = await db.fetch(
         """
         SELECT e.second, e.n, p.events FROM (
@@ -87,15 +106,14 @@ async def test_an_unexpected_error_does_not_stop_the_writer(writer: Writer, db: 
     InternalClientError after a server restart); the writer retries on a fresh connection."""
     journal = writer.journal
     journal.open()
-    events = raw_events("unexpected", 25)
-    assert all(await asyncio.gather(*(journal.append(e) for e in events)))  # type: ignore[misc]
+    await append_rows(journal, raw_events("unexpected", 25))
     real_write, failures = writer._write, []
 
-    async def flaky_write(conn: asyncpg.Connection, rows: list, dead: list) -> int:  # type: ignore[type-arg]
+    async def flaky_write(conn: asyncpg.Connection, rows: list, dead: list, *, direct: bool) -> int:  # type: ignore[type-arg]
         if not failures:
             failures.append(conn.get_server_pid())
             raise asyncpg.exceptions._base.InternalClientError("cannot switch to state 15")
-        return await real_write(conn, rows, dead)
+        return await real_write(conn, rows, dead, direct=direct)
 
     writer._write = flaky_write  # type: ignore[method-assign]
     writer.start()
@@ -111,27 +129,49 @@ async def test_an_unexpected_error_does_not_stop_the_writer(writer: Writer, db: 
     await journal.close()
 
 
-async def test_a_record_no_row_can_be_made_of_goes_to_dead_letters(writer: Writer, db: asyncpg.Connection) -> None:
-    journal = writer.journal
-    journal.open()
+async def test_a_record_no_row_can_be_made_of_goes_to_dead_letters(
+    tmp_path: Path, writer: Writer, db: asyncpg.Connection
+) -> None:
+    """A format 1 journal left by an earlier version is replayed; a record in it whose payload
+    cannot be parsed goes to the dead letters and the rest lands."""
     good = raw_events("unmakeable", 10)
     broken = good[0]._replace(id=good[0].id + 10**6, payload=b"\x01\x01\xff\x00")  # signed by nobody, unparsable
-    assert all(await asyncio.gather(*(journal.append(e) for e in [*good, broken])))  # type: ignore[misc]
+    old = tmp_path / "j" / "20250101T000000-1-old"
+    old.mkdir(parents=True)
+    (old / "00000001.seg").write_bytes(b"".join(encode(e) for e in [*good, broken]))
+    writer.journal.open()
     while await writer.flush_once():
         pass
     assert await db.fetchval("SELECT count(*) FROM events WHERE campaign_id = 'unmakeable'") == 10
     dead = await db.fetchrow(
         "SELECT error, row_repr FROM events_dead_letter WHERE row_repr LIKE '%\\\\x01\\\\x01\\\\xff%'"
     )
-    assert dead is not None and "unpack" in dead["error"]  # struct.error while parsing the payload
-    await journal.close()
+    assert dead is not None and "IndexError" in dead["error"]  # the payload ends too soon
+    assert not old.exists()  # fully replayed and removed
+    await writer.journal.close()
 
 
-def test_partitions_cover_a_receipt_time_that_rounds_past_midnight() -> None:
-    midnight = 1_764_460_800.0  # 2025-11-30T00:00:00Z
-    days = partition_days([midnight - 4e-7])  # PostgreSQL rounds this to 00:00:00.000000
+async def test_a_row_postgresql_refuses_is_isolated(writer: Writer, db: asyncpg.Connection) -> None:
+    """A row PostgreSQL refuses as data (here: a campaign id that is not UTF-8, which no signed
+    link can carry) fails the batch's COPY; bisecting lands every other row."""
+    events = raw_events("refused", 9)
+    payload = bytearray(events[4].payload)
+    at = 3 + payload[2] + 4 + 2 + 1  # the first byte of the campaign id
+    payload[at] = 0xFF
+    events[4] = events[4]._replace(payload=bytes(payload))
+    async with writer.pool.acquire() as conn:
+        dead: list = []  # type: ignore[type-arg]
+        assert await writer._write(conn, chunks_of(events), dead, direct=True) == 8
+    assert await db.fetchval("SELECT count(*) FROM events WHERE campaign_id = 'refused'") == 8
+    row = await db.fetchrow("SELECT id, error, row_repr FROM events_dead_letter WHERE row_repr LIKE '%efused%'")
+    assert row is not None and row["error"].startswith("22021") and row["id"] is not None
+
+
+def test_partitions_cover_every_day_a_tick_touches() -> None:
+    midnight_us = 1_764_460_800 * 1_000_000  # 2025-11-30T00:00:00Z
+    days = partition_days([(midnight_us - 1, midnight_us)])
     assert days == {dt.date(2025, 11, 29), dt.date(2025, 11, 30)}
-    assert partition_days([midnight - 3600]) == {dt.date(2025, 11, 29)}
+    assert partition_days([(midnight_us - 3600_000_000, midnight_us - 1)]) == {dt.date(2025, 11, 29)}
 
 
 async def test_events_received_long_ago_still_land(writer: Writer, db: asyncpg.Connection) -> None:
@@ -139,6 +179,6 @@ async def test_events_received_long_ago_still_land(writer: Writer, db: asyncpg.C
     not turn every row into a dead letter."""
     old = [e._replace(received_at=e.received_at - 40 * 86400) for e in raw_events("long-ago", 5)]
     async with writer.pool.acquire() as conn:
-        assert await writer._write(conn, writer.rows.rows(old), []) == 5
+        assert await writer._write(conn, chunks_of(old), [], direct=True) == 5
     lag = await db.fetchval("SELECT max(max_lag_ms) FROM interactions_per_second WHERE campaign_id = 'long-ago'")
     assert lag == 2**31 - 1

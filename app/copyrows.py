@@ -1,0 +1,186 @@
+"""`events` rows in PostgreSQL's binary COPY format, made once, on the request path.
+
+The journal stores each event as the exact bytes PostgreSQL's `COPY ... (FORMAT binary)` takes for
+one row, so the writer ships a batch by concatenating what it read, with no Python work per
+event: parsing the token payload, resolving and anonymising the client address and classifying
+the user agent are done here, once, and never again on replay. The parts that repeat (the
+user-agent fields, the client address) come from bounded caches.
+
+One row: field count (int16) and, per column in `COLUMNS` order, a length (int32, -1 for NULL)
+followed by the value in the type's binary send format (uuid: 16 bytes; timestamptz: int64
+microseconds since 2000-01-01 UTC; int4; bool: 1 byte; inet: family, bits, is_cidr, length,
+address; text: UTF-8).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import struct
+from typing import Any, NamedTuple
+
+from app.classify import reason_for
+from app.events import RawEvent, RowMaker
+from app.settings import Settings
+from app.tokens import KIND_CLICK
+
+# The column order of every row; the writer names the same columns in its COPY statements.
+COLUMNS = (
+    "id", "occurred_at", "ip", "kind", "user_agent", "is_machine", "machine_reason",
+    "sent_at", "link_index", "campaign_id", "recipient_id", "url",
+)  # fmt: skip
+# The binary COPY stream around the rows: signature, flags, header extension length / trailer.
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+COPY_TRAILER = b"\xff\xff"
+
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in unix microseconds
+_NULL = b"\xff\xff\xff\xff"
+# Field count, then the id's length: the id and receipt time are packed in one call.
+_HEAD = struct.Struct(">hiQQiq")
+_SENT_LINK = struct.Struct(">iqii")
+_SENT_NO_LINK = struct.Struct(">iq")
+_I32 = struct.Struct(">i")
+_U32 = struct.Struct(">I")
+_U16 = struct.Struct(">H")
+_LEN3 = b"\x00\x00\x00"  # the high bytes of an int32 length below 256 (campaign, recipient)
+_INET_FAMILY = {4: 2, 6: 3}  # PGSQL_AF_INET, PGSQL_AF_INET6
+
+
+def _text(value: str | None) -> bytes:
+    if value is None:
+        return _NULL
+    data = value.encode("utf-8")
+    return _I32.pack(len(data)) + data
+
+
+def inet_field(value: str | None) -> bytes:
+    """An inet field from its text form ('203.0.113.0/24', '2001:db8::1', None)."""
+    if value is None:
+        return _NULL
+    iface = ipaddress.ip_interface(value)
+    packed = iface.ip.packed
+    body = bytes((_INET_FAMILY[iface.version], iface.network.prefixlen, 0, len(packed))) + packed
+    return _I32.pack(len(body)) + body
+
+
+def payload_fields(payload: bytes) -> bytes:
+    """sent_at, link_index, campaign_id, recipient_id, url from a verified token payload (see
+    app.tokens for its layout). The one-byte id lengths of the payload become int32 lengths by
+    prefixing three zero bytes: the ids are copied as they are."""
+    at = 3 + payload[2]
+    sent_us = payload[at] << 24 | payload[at + 1] << 16 | payload[at + 2] << 8 | payload[at + 3]
+    sent_us = sent_us * 1_000_000 - _PG_EPOCH_US
+    at += 4
+    if payload[1] == KIND_CLICK:
+        head = _SENT_LINK.pack(8, sent_us, 4, payload[at] << 8 | payload[at + 1])
+        at += 2
+        end = at + 1 + payload[at]
+        campaign = payload[at:end]
+        at = end + 1 + payload[end]
+        url = payload[at:]
+        return b"".join((head, _LEN3, campaign, _LEN3, payload[end:at], _I32.pack(len(url)), url))
+    end = at + 1 + payload[at]
+    return b"".join((_SENT_NO_LINK.pack(8, sent_us), _NULL, _LEN3, payload[at:end], _LEN3, payload[end:], _NULL))
+
+
+class AgentFields(NamedTuple):
+    fields: bytes  # kind, user_agent, is_machine, machine_reason
+    machine: bool
+
+
+def _agent_fields(kind: str, is_head: bool, user_agent: bytes | None) -> AgentFields:
+    reason = reason_for(kind, is_head, user_agent)
+    # PostgreSQL text is valid UTF-8 without NUL: undecodable bytes and NUL become U+FFFD.
+    ua = user_agent.decode("utf-8", "replace").replace("\x00", "\ufffd") if user_agent else None
+    machine = reason is not None
+    fields = _text(kind) + _text(ua) + b"\x00\x00\x00\x01" + (b"\x01" if machine else b"\x00") + _text(reason)
+    return AgentFields(fields, machine)
+
+
+class RowEncoder:
+    """Makes row bytes; holds the privacy settings (through RowMaker) and the caches."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.maker = RowMaker(settings)
+        # The same clients and user agents come back again and again; a miss costs a few
+        # microseconds of `ipaddress` or regular expressions, a hit a dictionary lookup.
+        self.client = functools.lru_cache(maxsize=65536)(self._client_field)
+        self.agent = functools.lru_cache(maxsize=4096)(_agent_fields)
+
+    def _client_field(self, peer: str | None, forwarded_for: bytes | None) -> bytes:
+        return inet_field(self.maker.ip_value(peer, forwarded_for))
+
+    def row(self, id_hi: int, id_lo: int, received_us: int, agent: bytes, client: bytes, payload: bytes) -> bytes:
+        return b"".join(
+            (_HEAD.pack(12, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client, agent, payload_fields(payload))
+        )
+
+    def from_event(self, event: RawEvent) -> tuple[bytes, int]:
+        """The row of an event recorded by an older version (journal format 1), and its time."""
+        kind = "click" if event.payload[1] == KIND_CLICK else "open"
+        received_us = round(event.received_at * 1_000_000)
+        agent = self.agent(kind, event.is_head, event.user_agent).fields
+        client = self.client(event.peer, event.forwarded_for)
+        row = self.row(event.id >> 64, event.id & 0xFFFF_FFFF_FFFF_FFFF, received_us, agent, client, event.payload)
+        return row, received_us
+
+
+# -- reading rows back (dead letters, tests) -----------------------------------------------------
+
+
+def split_rows(data: bytes) -> list[bytes]:
+    """Cut concatenated rows apart (for bisecting a refused batch). Raises ValueError on bytes
+    that are not whole rows."""
+    rows = []
+    at = 0
+    size = len(data)
+    while at < size:
+        start = at
+        (count,) = struct.unpack_from(">h", data, at)
+        at += 2
+        for _ in range(count):
+            (length,) = _I32.unpack_from(data, at)
+            at += 4 + max(0, length)
+        if at > size:
+            raise ValueError("truncated row")
+        rows.append(data[start:at])
+    return rows
+
+
+def _decode_value(column: str, value: bytes) -> Any:
+    if column == "id":
+        import uuid
+
+        return uuid.UUID(bytes=value)
+    if column in ("occurred_at", "sent_at"):
+        import datetime as dt
+
+        (us,) = struct.unpack(">q", value)
+        return dt.datetime(2000, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
+    if column == "link_index":
+        return _I32.unpack(value)[0]
+    if column == "is_machine":
+        return value == b"\x01"
+    if column == "ip":
+        _family, bits, _, n = value[:4]
+        address = ipaddress.ip_address(value[4 : 4 + n])
+        return f"{address}/{bits}"
+    return value.decode("utf-8", "replace")
+
+
+def decode_row(row: bytes) -> dict[str, Any]:
+    """A row's values by column (for dead letters, logs and tests)."""
+    (count,) = struct.unpack_from(">h", row, 0)
+    if count != len(COLUMNS):
+        raise ValueError(f"a row of {count} fields, expected {len(COLUMNS)}")
+    at = 2
+    out: dict[str, Any] = {}
+    for column in COLUMNS:
+        (length,) = _I32.unpack_from(row, at)
+        at += 4
+        if length < 0:
+            out[column] = None
+            continue
+        out[column] = _decode_value(column, row[at : at + length])
+        at += length
+    return out
