@@ -33,7 +33,8 @@ COLUMNS = (
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 COPY_TRAILER = b"\xff\xff"
 
-_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in unix microseconds
+_PG_EPOCH_S = 946_684_800.0  # 2000-01-01T00:00:00Z in unix seconds
+_PG_EPOCH_US = 946_684_800_000_000
 _NULL = b"\xff\xff\xff\xff"
 # Field count, then the id's length: the id and receipt time are packed in one call.
 _HEAD = struct.Struct(">hiQQiq")
@@ -44,6 +45,7 @@ _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _LEN3 = b"\x00\x00\x00"  # the high bytes of an int32 length below 256 (campaign, recipient)
 _INET_FAMILY = {4: 2, 6: 3}  # PGSQL_AF_INET, PGSQL_AF_INET6
+_MAX_CACHED_XFF = 256
 
 
 def _text(value: str | None) -> bytes:
@@ -103,9 +105,20 @@ class RowEncoder:
     def __init__(self, settings: Settings) -> None:
         self.maker = RowMaker(settings)
         # The same clients and user agents come back again and again; a miss costs a few
-        # microseconds of `ipaddress` or regular expressions, a hit a dictionary lookup.
-        self.client = functools.lru_cache(maxsize=65536)(self._client_field)
-        self.agent = functools.lru_cache(maxsize=4096)(_agent_fields)
+        # microseconds of `ipaddress` or regular expressions, a hit a dictionary lookup. The
+        # caches are bounded in bytes too: an entry holds a user agent (cut to the configured
+        # maximum) about three times over, and a long X-Forwarded-For is never kept.
+        self.agent = functools.lru_cache(maxsize=max(256, (8 << 20) // (3 * settings.user_agent_max_bytes)))(
+            _agent_fields
+        )
+        self._client_cached = functools.lru_cache(maxsize=65536)(self._client_field)
+        # Without trusted proxies X-Forwarded-For is never read: the cache is all there is.
+        self.client = self._client_cached if not settings.trusted_proxies else self._client
+
+    def _client(self, peer: str | None, forwarded_for: bytes | None) -> bytes:
+        if forwarded_for is not None and len(forwarded_for) > _MAX_CACHED_XFF:
+            return self._client_field(peer, forwarded_for)
+        return self._client_cached(peer, forwarded_for)
 
     def _client_field(self, peer: str | None, forwarded_for: bytes | None) -> bytes:
         return inet_field(self.maker.ip_value(peer, forwarded_for))
@@ -116,9 +129,12 @@ class RowEncoder:
         )
 
     def from_event(self, event: RawEvent) -> tuple[bytes, int]:
-        """The row of an event recorded by an older version (journal format 1), and its time."""
+        """The row of an event recorded by an older version (journal format 1), and its time.
+        The time is rounded exactly as PostgreSQL's to_timestamp() rounded it when that version
+        wrote the row (after moving to its 2000 epoch): a replay of an event it had committed
+        must meet the same primary key, or it would be inserted twice."""
         kind = "click" if event.payload[1] == KIND_CLICK else "open"
-        received_us = round(event.received_at * 1_000_000)
+        received_us = round((event.received_at - _PG_EPOCH_S) * 1_000_000) + _PG_EPOCH_US
         agent = self.agent(kind, event.is_head, event.user_agent).fields
         client = self.client(event.peer, event.forwarded_for)
         row = self.row(event.id >> 64, event.id & 0xFFFF_FFFF_FFFF_FFFF, received_us, agent, client, event.payload)

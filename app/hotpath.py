@@ -145,7 +145,7 @@ class HotPath:
             else:
                 received_us = time_ns() // 1000
                 id_hi, id_lo = self.ids.pair(received_us // 1000)
-                client = scope["client"]
+                client = scope.get("client")  # optional in ASGI
                 row = rows.row(id_hi, id_lo, received_us, agent.fields,
                                rows.client(client[0] if client else None, xff), payload)  # fmt: skip
                 journal = self.journal

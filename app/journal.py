@@ -58,6 +58,17 @@ _CHUNK = struct.Struct("<Iqq")
 # agent are bounded), so that a frame stays far below _MAX_BODY.
 MAX_FRAME_ROWS = 512
 _MAX_BODY = 64 << 20
+# Receipt times a frame may claim (2000-01-01 .. 2200-01-01, unix microseconds): anything else
+# is damage that slipped past the checksum, not a time to make a partition for.
+_SANE_US = (946_684_800_000_000, 7_258_118_400_000_000)
+
+
+def _crc(magic: bytes, length: int, body: bytes) -> int:
+    """Format 2 checks its magic too: the two magics differ by one bit, and a flipped bit must
+    not turn one format into a frame of the other that still verifies."""
+    if magic == MAGIC:
+        return zlib.crc32(body, length)  # format 1, as earlier versions wrote it
+    return zlib.crc32(body, zlib.crc32(magic, length))
 _SEGMENT_SUFFIX = ".seg"
 _CHECKPOINT_EVERY_S = 0.5
 
@@ -77,13 +88,13 @@ def frame_rows(rows: list[bytes], first_us: int, last_us: int) -> bytes:
     for start in range(0, len(rows), MAX_FRAME_ROWS):
         part = rows[start : start + MAX_FRAME_ROWS]
         body = _CHUNK.pack(len(part), first_us, last_us) + b"".join(part)
-        frames.append(_HEADER.pack(MAGIC_ROWS, len(body), zlib.crc32(body, len(body))) + body)
+        frames.append(_HEADER.pack(MAGIC_ROWS, len(body), _crc(MAGIC_ROWS, len(body), body)) + body)
     return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
 def decode_chunk(body: bytes) -> Chunk:
     count, first_us, last_us = _CHUNK.unpack_from(body)
-    if count < 1 or first_us > last_us:
+    if not (1 <= count <= MAX_FRAME_ROWS and _SANE_US[0] <= first_us <= last_us < _SANE_US[1]):
         raise ValueError("frame header out of range")
     return Chunk(count, first_us, last_us, body[_CHUNK.size :])
 
@@ -136,10 +147,7 @@ class Batch:
     legacy: list[RawEvent]  # format 1 events, made into rows by the writer
     end: Position
     source: JournalDir
-
-    @property
-    def count(self) -> int:
-        return sum(c.count for c in self.chunks) + len(self.legacy)
+    count: int = 0  # events in chunks and legacy, kept as they are added
 
     @property
     def first_us(self) -> int | None:
@@ -260,7 +268,7 @@ class JournalDir:
         end = at + _HEADER.size + length
         if magic not in _MAGICS or length > _MAX_BODY or end > len(data):
             return None
-        return end if zlib.crc32(data[at + _HEADER.size : end], length) == crc else None
+        return end if _crc(magic, length, data[at + _HEADER.size : end]) == crc else None
 
     def _next_valid(self, data: bytes, start: int) -> int | None:
         at = data.find(MAGIC[:1], start)  # both magics start with the same byte
@@ -282,9 +290,12 @@ class JournalDir:
                 try:
                     body = data[at + _HEADER.size : end]
                     if data[at + 1] == MAGIC_ROWS[1]:
-                        out.chunks.append(decode_chunk(body))
+                        chunk = decode_chunk(body)
+                        out.chunks.append(chunk)
+                        out.count += chunk.count
                     else:
                         out.legacy.append(decode_body(body))
+                        out.count += 1
                     at = end
                     continue
                 except (ValueError, struct.error, UnicodeDecodeError):

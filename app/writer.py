@@ -162,6 +162,7 @@ class Writer:
                 # the next round. Held from batch to batch, it costs no reset round trip each.
                 await self._release_connection()
             except Exception as exc:
+                await self._release_connection()  # not held through the backoff
                 # Whatever went wrong, the writer must not die: the journal keeps the batch and
                 # the next attempt starts on a fresh connection. Expected failures (database
                 # down, timeouts) are one warning line; anything else gets its traceback, once.
@@ -278,8 +279,7 @@ class Writer:
                     if exc.sqlstate == "23514":
                         self._days.clear()  # a partition we thought existed is gone
                     raise
-                rows = split_rows(data[len(COPY_HEADER) : -len(COPY_TRAILER)])
-                inserted = await self._isolate(conn, rows, dead)
+                inserted = await self._isolate(conn, self._rows_of(chunks, dead), dead)
         if dead:
             await self._dead_letter(conn, dead)
         return inserted
@@ -300,8 +300,22 @@ class Writer:
             status = await conn.execute(_MOVE)
         return int(status.rsplit(" ", 1)[1])
 
+    @staticmethod
+    def _rows_of(chunks: list[Chunk], dead: Dead) -> list[bytes]:
+        """The rows of refused chunks, one by one; a chunk that does not even cut into rows (damage
+        no checksum caught) goes to the dead letters whole rather than stall the writer."""
+        rows: list[bytes] = []
+        for chunk in chunks:
+            try:
+                rows += split_rows(chunk.rows)
+            except (ValueError, struct.error) as exc:
+                dead.append((None, f"unreadable frame of {chunk.count} events: {exc}", chunk.rows[:512]))
+        return rows
+
     async def _isolate(self, conn: asyncpg.Connection, rows: list[bytes], dead: Dead) -> int:
         """Bisect a refused batch: every good row lands, every refused one goes to `dead`."""
+        if not rows:
+            return 0
         try:
             return await self._copy(conn, b"".join([COPY_HEADER, *rows, COPY_TRAILER]), direct=False)
         except asyncpg.PostgresError as exc:
@@ -341,7 +355,7 @@ class Writer:
         m.flush_seconds.observe(seconds)
         m.batch_rows.observe(count)
         m.events_written.inc(inserted)
-        m.events_duplicate.inc(count - inserted - dead)
+        m.events_duplicate.inc(max(0, count - inserted - dead))
         if dead:
             m.events_dead_lettered.inc(dead)
         if not batch.source.live:

@@ -274,15 +274,15 @@ async def test_a_journal_being_created_is_never_adopted(tmp_path: Path) -> None:
 
 def test_a_tick_is_one_frame_of_rows_with_its_time_range() -> None:
     rows = [make_row(i) for i in range(3)]
-    data = frame_rows(rows, 5, 9)
+    data = frame_rows(rows, _T0_US + 5, _T0_US + 9)
     chunk = decode_chunk(data[10:])
-    assert (chunk.count, chunk.first_us, chunk.last_us) == (3, 5, 9)
+    assert (chunk.count, chunk.first_us, chunk.last_us) == (3, _T0_US + 5, _T0_US + 9)
     assert split_rows(chunk.rows) == rows
 
 
 def test_a_large_tick_is_cut_into_frames(tmp_path: Path) -> None:
     n = MAX_FRAME_ROWS * 2 + 3
-    data = frame_rows([make_row(i) for i in range(n)], 1, 2)
+    data = frame_rows([make_row(i) for i in range(n)], _T0_US, _T0_US + 1)
     (tmp_path / "j").mkdir()
     (tmp_path / "j" / "00000001.seg").write_bytes(data)
     (reader,) = orphans(tmp_path, None)
@@ -294,10 +294,10 @@ def test_a_large_tick_is_cut_into_frames(tmp_path: Path) -> None:
 
 async def test_the_time_range_covers_a_clock_that_steps_back(tmp_path: Path) -> None:
     journal = open_journal(tmp_path, segment_bytes=1 << 20)
-    futures = [journal.append(make_row(i), t) for i, t in enumerate((50, 40, 70, 60))]
+    futures = [journal.append(make_row(i), _T0_US + t) for i, t in enumerate((50, 40, 70, 60))]
     assert all(await asyncio.gather(*futures))  # type: ignore[arg-type]
     batch = journal.own.read(100, journal.write_position)  # type: ignore[union-attr]
-    assert batch is not None and [(c.first_us, c.last_us) for c in batch.chunks] == [(40, 70)]
+    assert batch is not None and [(c.first_us, c.last_us) for c in batch.chunks] == [(_T0_US + 40, _T0_US + 70)]
     await journal.close()
 
 
@@ -306,9 +306,37 @@ async def test_format_1_records_of_an_earlier_version_are_still_read(tmp_path: P
     directory = tmp_path / "old"
     directory.mkdir()
     legacy = b"".join(encode(make_event(i)) for i in range(3))
-    (directory / "00000001.seg").write_bytes(legacy + frame_rows([make_row(3), make_row(4)], 1, 2))
+    (directory / "00000001.seg").write_bytes(legacy + frame_rows([make_row(3), make_row(4)], _T0_US, _T0_US))
     (reader,) = orphans(tmp_path, None)
     batch = reader.read(1000)
     assert batch is not None and sorted(ids_of(batch)) == [0, 1, 2, 3, 4]
     assert [e.id for e in batch.legacy] == [0, 1, 2] and batch.count == 5
     assert reader.damage.corrupt_records == 0
+
+
+def test_a_flipped_magic_bit_is_damage_not_a_frame_of_the_other_format(tmp_path: Path) -> None:
+    """The two magics differ by one bit; format 2 checks its magic in its checksum, so a flip in
+    either direction is a damaged frame (counted, skipped), never a frame that verifies."""
+    directory = tmp_path / "flip"
+    directory.mkdir()
+    legacy = encode(make_event(0))
+    frame = frame_rows([make_row(1)], _T0_US, _T0_US)
+    tail = frame_rows([make_row(2)], _T0_US, _T0_US)
+    flipped = bytes([legacy[0], legacy[1] ^ 0x01]) + legacy[2:] + bytes([frame[0], frame[1] ^ 0x01]) + frame[2:]
+    (directory / "00000001.seg").write_bytes(flipped + tail)
+    (reader,) = orphans(tmp_path, None)
+    batch = reader.read(1000)
+    assert batch is not None and ids_of(batch) == [2]
+    assert reader.damage.corrupt_records == 1  # one damaged stretch, resynchronised at the tail
+
+
+def test_many_one_event_frames_make_one_batch(tmp_path: Path) -> None:
+    """A quiet service writes a frame per event: a batch of thousands must not re-count itself."""
+    directory = tmp_path / "many"
+    directory.mkdir()
+    row = make_row(1)
+    one = frame_rows([row], _T0_US, _T0_US)
+    (directory / "00000001.seg").write_bytes(one * 20_000)
+    (reader,) = orphans(tmp_path, None)
+    batch = reader.read(20_000)  # the count is kept as frames are added (it was re-summed: ~5 s)
+    assert batch is not None and batch.count == 20_000 and len(batch.chunks) == 20_000

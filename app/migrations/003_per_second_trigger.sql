@@ -2,9 +2,17 @@
 -- adds the rows each INSERT or COPY into `events` actually inserted (its transition table holds
 -- only those: rows skipped by ON CONFLICT DO NOTHING are not in it), in the same transaction.
 -- The writer can then COPY straight into `events` and still never count a replay twice.
+--
+-- It counts only for sessions that ask for it (trackd.per_second = 'trigger', which trackd's
+-- connections set at start-up): during a rolling upgrade, or after a rollback, writers of the
+-- previous version still add their rows to interactions_per_second themselves, and must not be
+-- counted twice. Rows inserted by hand are not counted, as before.
 CREATE FUNCTION trackd_count_per_second() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF current_setting('trackd.per_second', true) IS DISTINCT FROM 'trigger' THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO interactions_per_second AS t (second, campaign_id, kind, is_machine, events, max_lag_ms)
     SELECT date_trunc('second', occurred_at), campaign_id, kind, is_machine, count(*),
            least(2147483647, greatest(0, ceil(extract(epoch FROM clock_timestamp() - min(occurred_at)) * 1000)))::int
