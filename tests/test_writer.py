@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
 import time
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from app.copyrows import RowEncoder
+from app.copyrows import COLUMNS, COPY_HEADER, COPY_TRAILER, RowEncoder
 from app.db import create_pool, migrate
 from app.events import EventIds, RawEvent
 from app.journal import Chunk, Journal, encode
@@ -182,3 +183,32 @@ async def test_events_received_long_ago_still_land(writer: Writer, db: asyncpg.C
         assert await writer._write(conn, chunks_of(old), [], direct=True) == 5
     lag = await db.fetchval("SELECT max(max_lag_ms) FROM interactions_per_second WHERE campaign_id = 'long-ago'")
     assert lag == 2**31 - 1
+
+
+async def test_only_sessions_that_ask_are_counted_per_second(writer: Writer, db: asyncpg.Connection) -> None:
+    """A writer of the previous version counts its own rows into interactions_per_second; during
+    a rolling upgrade the trigger must not count them again. It counts trackd's own sessions."""
+    rows = chunks_of(raw_events("older-writer", 3))
+    assert await db.fetchval("SELECT current_setting('trackd.per_second', true)") is None
+    await db.execute("SELECT trackd_ensure_partitions(ARRAY[current_date - 1, current_date]::date[])")
+    await db.copy_to_table("events", source=memoryview(b"".join([COPY_HEADER, *(c.rows for c in rows), COPY_TRAILER])),
+                           columns=COLUMNS, format="binary")  # fmt: skip
+    assert await db.fetchval("SELECT count(*) FROM interactions_per_second WHERE campaign_id = 'older-writer'") == 0
+    more = chunks_of(raw_events("older-writer", 2))
+    async with writer.pool.acquire() as conn:
+        assert await writer._write(conn, more, [], direct=True) == 2
+    assert await db.fetchval("SELECT sum(events) FROM interactions_per_second WHERE campaign_id = 'older-writer'") == 2
+
+
+async def test_format_1_times_round_as_postgresql_rounded_them(db: asyncpg.Connection) -> None:
+    """Earlier versions stored to_timestamp(received_at); a replay must land on the same primary
+    key, so the row made now carries the very same microsecond."""
+    encoder = RowEncoder(Settings())
+    rng = random.Random(7)
+    times = [1_764_000_000 + rng.random() * 10**7 for _ in range(2000)]
+    expected = await db.fetch(
+        "SELECT (extract(epoch FROM to_timestamp(t)) * 1000000)::int8 AS us FROM unnest($1::float8[]) t", times
+    )
+    base = raw_events("rounding", 1)[0]
+    got = [encoder.from_event(base._replace(received_at=t))[1] for t in times]
+    assert got == [r["us"] for r in expected]
