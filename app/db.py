@@ -62,8 +62,6 @@ async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
         server_settings={
             "application_name": "trackd",
             "statement_timeout": str(settings.db_statement_timeout_ms),
-            # The per-second trigger counts this session's inserts (migration 003).
-            "trackd.per_second": "trigger",
         },
         # A connection that survived a server restart is found dead at its next use; close idle
         # ones early so that a restart costs at most one failed batch (asyncpg #447, #624, #704).

@@ -37,6 +37,9 @@ WriterState = Literal["starting", "running", "retrying", "draining", "stopped"]
 Dead = list[tuple[bytes | None, str, object]]
 
 _STAGE_DDL = "CREATE TEMP TABLE IF NOT EXISTS trackd_stage (LIKE events) ON COMMIT DELETE ROWS"
+# Asks the per-second trigger (migration 003) to count this transaction's rows. Per transaction,
+# not per session, so that it holds through a transaction-pooling proxy such as PgBouncer.
+_COUNT_PER_SECOND = "SET LOCAL trackd.per_second = 'trigger'"
 _COLUMN_LIST = ", ".join(COLUMNS)
 _MOVE = f"INSERT INTO events ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM trackd_stage ON CONFLICT DO NOTHING"
 _DEAD_LETTER = "INSERT INTO events_dead_letter (id, occurred_at, error, row_repr) VALUES ($1, $2, $3, $4)"
@@ -289,13 +292,14 @@ class Writer:
         if direct:
             try:
                 async with conn.transaction():
+                    await conn.execute(_COUNT_PER_SECOND)
                     status = await conn.copy_to_table("events", source=memoryview(data), columns=COLUMNS,
                                                       format="binary")  # fmt: skip
                 return int(status.rsplit(" ", 1)[1])
             except asyncpg.UniqueViolationError:
                 pass  # some rows are in already (their commit went through before a failure)
         async with conn.transaction():
-            await conn.execute(_STAGE_DDL)
+            await conn.execute(f"{_COUNT_PER_SECOND}; {_STAGE_DDL}")
             await conn.copy_to_table("trackd_stage", source=memoryview(data), columns=COLUMNS, format="binary")
             status = await conn.execute(_MOVE)
         return int(status.rsplit(" ", 1)[1])

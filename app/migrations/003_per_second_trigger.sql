@@ -3,10 +3,10 @@
 -- only those: rows skipped by ON CONFLICT DO NOTHING are not in it), in the same transaction.
 -- The writer can then COPY straight into `events` and still never count a replay twice.
 --
--- It counts only for sessions that ask for it (trackd.per_second = 'trigger', which trackd's
--- connections set at start-up): during a rolling upgrade, or after a rollback, writers of the
--- previous version still add their rows to interactions_per_second themselves, and must not be
--- counted twice. Rows inserted by hand are not counted, as before.
+-- It counts only for transactions that ask for it (SET LOCAL trackd.per_second = 'trigger', as
+-- trackd's writer does): during a rolling upgrade, or after a rollback, writers of the previous
+-- version still add their rows to interactions_per_second themselves, and must not be counted
+-- twice. Rows inserted by hand are not counted, as before.
 CREATE FUNCTION trackd_count_per_second() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
