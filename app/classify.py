@@ -6,7 +6,6 @@ be right are used; a generic HTTP library's user agent is not evidence of a scan
 
 from __future__ import annotations
 
-import functools
 import re
 
 # Security gateways that open every link in a message before the recipient sees it.
@@ -36,18 +35,3 @@ def machine_reason(kind: str, is_head: bool, user_agent: str | None) -> str | No
     if _BOT.search(user_agent):
         return "bot"
     return None
-
-
-@functools.lru_cache(maxsize=8192)
-def _user_agent_reason(kind: str, user_agent: bytes | None) -> str | None:
-    return machine_reason(kind, False, user_agent.decode("utf-8", "replace") if user_agent else None)
-
-
-def reason_for(kind: str, is_head: bool, user_agent: bytes | None) -> str | None:
-    """`machine_reason` on the raw header: user agents repeat, so a bounded cache makes the
-    regular expressions run once per distinct agent, not once per event."""
-    return "head" if is_head else _user_agent_reason(kind, user_agent)
-
-
-def is_machine(kind: str, is_head: bool, user_agent: bytes | None) -> bool:
-    return is_head or _user_agent_reason(kind, user_agent) is not None

@@ -19,7 +19,7 @@ import ipaddress
 import struct
 from typing import Any, NamedTuple
 
-from app.classify import reason_for
+from app.classify import machine_reason
 from app.events import RawEvent, RowMaker
 from app.settings import Settings
 from app.tokens import KIND_CLICK
@@ -91,9 +91,11 @@ class AgentFields(NamedTuple):
 
 
 def _agent_fields(kind: str, is_head: bool, user_agent: bytes | None) -> AgentFields:
-    reason = reason_for(kind, is_head, user_agent)
+    """Cached by RowEncoder.agent: the regular expressions run once per distinct user agent."""
+    decoded = user_agent.decode("utf-8", "replace") if user_agent else None
+    reason = machine_reason(kind, is_head, decoded)
     # PostgreSQL text is valid UTF-8 without NUL: undecodable bytes and NUL become U+FFFD.
-    ua = user_agent.decode("utf-8", "replace").replace("\x00", "\ufffd") if user_agent else None
+    ua = decoded.replace("\x00", "\ufffd") if decoded is not None else None
     machine = reason is not None
     fields = _text(kind) + _text(ua) + b"\x00\x00\x00\x01" + (b"\x01" if machine else b"\x00") + _text(reason)
     return AgentFields(fields, machine)
