@@ -147,7 +147,8 @@ def test_bench_harness_end_to_end(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     for kind in ("click", "pixel"):
         s = data[kind]
-        for key in ("rps", "bare_rps", "ratio", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_million", "rss_mb"):
+        for key in ("rps", "bare_rps", "ratio", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_million",
+                    "server_cpu_s_per_million", "bare_cpu_s_per_million", "rss_mb"):
             assert isinstance(s[key], float) and s[key] > 0, (kind, key, s[key])
         assert s["non_2xx_3xx"] == 0
         assert s["rows"] == s["served"] > 0
