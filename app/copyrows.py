@@ -14,9 +14,11 @@ address; text: UTF-8).
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import ipaddress
 import struct
+import uuid
 from typing import Any, NamedTuple
 
 from app.classify import machine_reason
@@ -167,12 +169,8 @@ def split_rows(data: bytes) -> list[bytes]:
 
 def _decode_value(column: str, value: bytes) -> Any:
     if column == "id":
-        import uuid
-
         return uuid.UUID(bytes=value)
     if column in ("occurred_at", "sent_at"):
-        import datetime as dt
-
         (us,) = struct.unpack(">q", value)
         return dt.datetime(2000, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
     if column == "link_index":

@@ -8,7 +8,6 @@ client address through trusted proxies and anonymises it, by the settings.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import itertools
 import secrets
@@ -35,17 +34,20 @@ class EventIds:
 
     def __init__(self) -> None:
         salt = secrets.randbits(42)
-        self._high_salt = (7 << 76) | ((salt >> 30) << 64) | (2 << 62) | ((salt & (2**30 - 1)) << 32)
+        # Version 7 and the salt's high bits above the millisecond time; the variant and the rest
+        # of the salt above the counter.
+        self._hi_salt = (7 << 12) | (salt >> 30)
+        self._lo_salt = (2 << 62) | ((salt & (2**30 - 1)) << 32)
         self._counter = itertools.count(secrets.randbits(32))
-        self._hi_salt = self._high_salt >> 64
-        self._lo_salt = self._high_salt & 0xFFFF_FFFF_FFFF_FFFF
-
-    def next(self, now: float) -> int:
-        return (int(now * 1000) << 80) | self._high_salt | (next(self._counter) & 0xFFFF_FFFF)
 
     def pair(self, unix_ms: int) -> tuple[int, int]:
         """The next id as its high and low 64 bits (what a binary COPY row takes)."""
         return (unix_ms << 16) | self._hi_salt, self._lo_salt | (next(self._counter) & 0xFFFF_FFFF)
+
+    def next(self, now: float) -> int:
+        """The next id as one integer (format 1 events, tests)."""
+        hi, lo = self.pair(int(now * 1000))
+        return (hi << 64) | lo
 
 
 def anonymise(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -59,9 +61,6 @@ class RowMaker:
     def __init__(self, settings: Settings) -> None:
         self.ip_mode = settings.ip_mode
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies]
-        # Parsing and masking an address in `ipaddress` costs microseconds and the same clients
-        # (and proxies) come back again and again: remember the answers, within a bound.
-        self.ip_value = functools.lru_cache(maxsize=65536)(self._ip_value)
 
     def _is_trusted(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(address in net for net in self.trusted)
@@ -86,7 +85,8 @@ class RowMaker:
                 break
         return address
 
-    def _ip_value(self, peer: str | None, forwarded_for: bytes | None) -> str | None:
+    def ip_value(self, peer: str | None, forwarded_for: bytes | None) -> str | None:
+        """The text of the `ip` column (uncached: app.copyrows caches the encoded field)."""
         if self.ip_mode is IPMode.drop:
             return None
         address = self.client_address(peer, forwarded_for)

@@ -62,6 +62,9 @@ _MAX_BODY = 64 << 20
 # is damage that slipped past the checksum, not a time to make a partition for.
 _SANE_US = (946_684_800_000_000, 7_258_118_400_000_000)
 
+_SEGMENT_SUFFIX = ".seg"
+_CHECKPOINT_EVERY_S = 0.5
+
 
 def _crc(magic: bytes, length: int, body: bytes) -> int:
     """Format 2 checks its magic too: the two magics differ by one bit, and a flipped bit must
@@ -69,8 +72,6 @@ def _crc(magic: bytes, length: int, body: bytes) -> int:
     if magic == MAGIC:
         return zlib.crc32(body, length)  # format 1, as earlier versions wrote it
     return zlib.crc32(body, zlib.crc32(magic, length))
-_SEGMENT_SUFFIX = ".seg"
-_CHECKPOINT_EVERY_S = 0.5
 
 
 class Chunk(NamedTuple):
@@ -509,7 +510,7 @@ class Journal:
     def _flush(self) -> None:
         rows, self._pending = self._pending, []
         flushed, self._flushed = self._flushed, None
-        ok = self._write(frame_rows(rows, self._first_us, self._last_us)) if rows else True
+        ok = self._write(frame_rows(rows, self._first_us, self._last_us))
         if ok:
             self.appended += len(rows)
             if self.fsync is FsyncPolicy.always:

@@ -3,6 +3,7 @@ User agents trimmed. Machine traffic marked."""
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 
 import asyncpg
@@ -104,3 +105,20 @@ async def test_end_to_end_trusted_proxy_and_trimmed_user_agent(tmp_path, databas
         await conn.close()
     assert str(row["ip"]) == "198.51.100.0/24"
     assert row["user_agent"] == "U" * 64
+
+
+def test_a_long_forwarded_for_is_not_kept_in_the_client_cache() -> None:
+    encoder = RowEncoder(Settings(trusted_proxies=["10.0.0.0/8"]))  # type: ignore[arg-type]
+    long_xff = b", ".join(b"198.51.100.%d" % (i % 250) for i in range(40))
+    assert len(long_xff) > 256
+    field = encoder.client("10.1.2.3", long_xff)
+    assert decode_row_ip(field) == "198.51.100.0/24"
+    assert encoder._client_cached.cache_info().currsize == 0
+    assert not hasattr(encoder.maker.ip_value, "cache_info")  # and no cache beneath it keeps it
+    encoder.client("10.1.2.3", b"198.51.100.7")
+    assert encoder._client_cached.cache_info().currsize == 1
+
+
+def decode_row_ip(field: bytes) -> str:
+    _, bits, _, n = field[4:8]
+    return f"{ipaddress.ip_address(field[8 : 8 + n])}/{bits}"

@@ -211,3 +211,17 @@ async def test_format_1_times_round_as_postgresql_rounded_them(db: asyncpg.Conne
     base = raw_events("rounding", 1)[0]
     got = [encoder.from_event(base._replace(received_at=t))[1] for t in times]
     assert got == [r["us"] for r in expected]
+
+
+async def test_a_frame_that_does_not_cut_into_rows_goes_to_dead_letters(writer: Writer, db: asyncpg.Connection) -> None:
+    """Damage no checksum caught: PostgreSQL refuses the COPY, and the frame cannot even be cut
+    into rows to bisect. It is kept whole in the dead letters; the rows beside it land."""
+    good = chunks_of(raw_events("beside-garbage", 3))
+    now_us = good[0].first_us
+    garbage = Chunk(2, now_us, now_us, b"\x00\x0c\x00")  # a row header and no fields
+    async with writer.pool.acquire() as conn:
+        dead: list = []  # type: ignore[type-arg]
+        assert await writer._write(conn, [*good, garbage], dead, direct=True) == 3
+    assert len(dead) == 1 and dead[0][1].startswith("unreadable frame of 2 events")
+    assert await db.fetchval("SELECT count(*) FROM events WHERE campaign_id = 'beside-garbage'") == 3
+    assert await db.fetchval("SELECT count(*) FROM events_dead_letter WHERE error LIKE 'unreadable frame%'") == 1
