@@ -43,8 +43,9 @@ _HEAD = struct.Struct(">hiQQiq")
 _SENT_LINK = struct.Struct(">iqii")
 _SENT_NO_LINK = struct.Struct(">iq")
 _I32 = struct.Struct(">i")
-_U32 = struct.Struct(">I")
-_U16 = struct.Struct(">H")
+# Read from a token payload (see app.tokens): sent_at, and for a click its link index.
+_PAYLOAD_SENT = struct.Struct(">I")
+_PAYLOAD_SENT_LINK = struct.Struct(">IH")
 _LEN3 = b"\x00\x00\x00"  # the high bytes of an int32 length below 256 (campaign, recipient)
 _INET_FAMILY = {4: 2, 6: 3}  # PGSQL_AF_INET, PGSQL_AF_INET6
 _MAX_CACHED_XFF = 256
@@ -65,26 +66,6 @@ def inet_field(value: str | None) -> bytes:
     packed = iface.ip.packed
     body = bytes((_INET_FAMILY[iface.version], iface.network.prefixlen, 0, len(packed))) + packed
     return _I32.pack(len(body)) + body
-
-
-def payload_fields(payload: bytes) -> bytes:
-    """sent_at, link_index, campaign_id, recipient_id, url from a verified token payload (see
-    app.tokens for its layout). The one-byte id lengths of the payload become int32 lengths by
-    prefixing three zero bytes: the ids are copied as they are."""
-    at = 3 + payload[2]
-    sent_us = payload[at] << 24 | payload[at + 1] << 16 | payload[at + 2] << 8 | payload[at + 3]
-    sent_us = sent_us * 1_000_000 - _PG_EPOCH_US
-    at += 4
-    if payload[1] == KIND_CLICK:
-        head = _SENT_LINK.pack(8, sent_us, 4, payload[at] << 8 | payload[at + 1])
-        at += 2
-        end = at + 1 + payload[at]
-        campaign = payload[at:end]
-        at = end + 1 + payload[end]
-        url = payload[at:]
-        return b"".join((head, _LEN3, campaign, _LEN3, payload[end:at], _I32.pack(len(url)), url))
-    end = at + 1 + payload[at]
-    return b"".join((_SENT_NO_LINK.pack(8, sent_us), _NULL, _LEN3, payload[at:end], _LEN3, payload[end:], _NULL))
 
 
 class AgentFields(NamedTuple):
@@ -127,10 +108,38 @@ class RowEncoder:
     def _client_field(self, peer: str | None, forwarded_for: bytes | None) -> bytes:
         return inet_field(self.maker.ip_value(peer, forwarded_for))
 
+    # The two row makers of the hot path. The token payload's fields go into the row as they are:
+    # a one-byte id length becomes an int32 length by three zero bytes before it, so the ids are
+    # copied, never decoded. Written out per kind, with one join and no helper calls: this is
+    # about a quarter of trackd's own work per request (timeit: 0.94 -> 0.70 us a click row).
+
+    def click_row(self, id_hi: int, id_lo: int, received_us: int, agent: bytes, client: bytes, payload: bytes) -> bytes:
+        at = 3 + payload[2]
+        sent_at, link_index = _PAYLOAD_SENT_LINK.unpack_from(payload, at)
+        at += 6
+        end = at + 1 + payload[at]  # campaign: length byte + UTF-8
+        url_at = end + 1 + payload[end]  # recipient: length byte + UTF-8
+        return b"".join((
+            _HEAD.pack(12, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client, agent,
+            _SENT_LINK.pack(8, sent_at * 1_000_000 - _PG_EPOCH_US, 4, link_index),
+            _LEN3, payload[at:end], _LEN3, payload[end:url_at], _I32.pack(len(payload) - url_at), payload[url_at:],
+        ))  # fmt: skip
+
+    def open_row(self, id_hi: int, id_lo: int, received_us: int, agent: bytes, client: bytes, payload: bytes) -> bytes:
+        at = 3 + payload[2]
+        (sent_at,) = _PAYLOAD_SENT.unpack_from(payload, at)
+        at += 4
+        end = at + 1 + payload[at]
+        return b"".join((
+            _HEAD.pack(12, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client, agent,
+            _SENT_NO_LINK.pack(8, sent_at * 1_000_000 - _PG_EPOCH_US), _NULL,
+            _LEN3, payload[at:end], _LEN3, payload[end:], _NULL,
+        ))  # fmt: skip
+
     def row(self, id_hi: int, id_lo: int, received_us: int, agent: bytes, client: bytes, payload: bytes) -> bytes:
-        return b"".join(
-            (_HEAD.pack(12, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client, agent, payload_fields(payload))
-        )
+        """The row of either kind (replays, tests)."""
+        make = self.click_row if payload[1] == KIND_CLICK else self.open_row
+        return make(id_hi, id_lo, received_us, agent, client, payload)
 
     def from_event(self, event: RawEvent) -> tuple[bytes, int]:
         """The row of an event recorded by an older version (journal format 1), and its time.

@@ -126,6 +126,8 @@ class HotPath:
             await send(_EMPTY_BODY)
             return
         kind = "click" if click else "open"
+        outcome = ""
+        machine = False
         try:
             is_head = method == "HEAD"
             payload = self.keyring.verify(token, KIND_CLICK if click else KIND_OPEN)
@@ -137,8 +139,9 @@ class HotPath:
                     xff = value
             rows = self.rows
             agent = rows.agent(kind, is_head, ua)
+            machine = agent.machine
             if payload is None:
-                self.meter.outcome(kind, "bad_token", agent.machine)
+                outcome = "bad_token"
                 if click:
                     await send(self._fallback_start or _NOT_FOUND_START)
                     await send(_EMPTY_BODY if self._fallback_start else _NOT_FOUND_BODY)
@@ -146,25 +149,29 @@ class HotPath:
                 received_us = time_ns() // 1000
                 id_hi, id_lo = self.ids.pair(received_us // 1000)
                 client = scope.get("client")  # optional in ASGI
-                row = rows.row(id_hi, id_lo, received_us, agent.fields,
-                               rows.client(client[0] if client else None, xff), payload)  # fmt: skip
+                client_field = rows.client(client[0] if client else None, xff)
+                make_row = rows.click_row if click else rows.open_row
+                row = make_row(id_hi, id_lo, received_us, agent.fields, client_field, payload)
                 journal = self.journal
                 written = journal.append(row, received_us) if journal is not None else None
                 if written is None:
-                    self.meter.outcome(kind, "dropped", agent.machine)
+                    outcome = "dropped"
                     self.metrics.dropped_full.inc()
                 elif await written:
-                    self.meter.outcome(kind, "recorded", agent.machine)
+                    outcome = "recorded"
                 else:
-                    self.meter.outcome(kind, "dropped", agent.machine)
+                    outcome = "dropped"
                     self.metrics.dropped_error.inc()
                 if click:
-                    await send(_start(302, [(b"location", click_location(payload)), _NO_STORE, _NO_BODY]))
+                    await send({"type": "http.response.start", "status": 302,
+                                "headers": [(b"location", click_location(payload)), _NO_STORE, _NO_BODY]})  # fmt: skip
                     await send(_EMPTY_BODY)
             if not click:  # a bad token still gets the image: a broken image in the mail helps nobody
                 await send(_PIXEL_START)
                 await send(_PIXEL_BODY)
         except Exception:
+            if outcome:  # the event's fate was settled (recorded or not); only the answer failed
+                self.meter.request(kind, outcome, machine, perf_counter() - started)
             # Nothing here is expected to fail; if it does, count it (an alert fires on any) and
             # let uvicorn answer 500 if no response started. One log line, not a flood.
             self.metrics.hot_errors[kind].inc()
@@ -172,4 +179,4 @@ class HotPath:
                 self._error_logged = True
                 log.exception("unexpected error on the %s path (logged once)", kind)
             raise
-        self.meter.duration(kind, perf_counter() - started)
+        self.meter.request(kind, outcome, machine, perf_counter() - started)

@@ -36,6 +36,7 @@ import struct
 import time
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,8 @@ _MAX_BODY = 64 << 20
 _SANE_US = (946_684_800_000_000, 7_258_118_400_000_000)
 
 _SEGMENT_SUFFIX = ".seg"
+# What the appender keeps in memory for its writer (RecentFrames): a few seconds of full load.
+_RECENT_MAX_BYTES = 32 << 20
 _CHECKPOINT_EVERY_S = 0.5
 
 
@@ -85,12 +88,23 @@ class Chunk(NamedTuple):
 
 def frame_rows(rows: list[bytes], first_us: int, last_us: int) -> bytes:
     """Frames for `rows` (format 2), at most MAX_FRAME_ROWS to a frame."""
+    return _frames(rows, first_us, last_us)[0]
+
+
+def _frames(rows: list[bytes], first_us: int, last_us: int) -> tuple[bytes, list[Chunk]]:
+    """The frames to write for a tick's rows, and the same events as chunks for the writer."""
     frames = []
+    chunks = []
     for start in range(0, len(rows), MAX_FRAME_ROWS):
         part = rows[start : start + MAX_FRAME_ROWS]
-        body = _CHUNK.pack(len(part), first_us, last_us) + b"".join(part)
-        frames.append(_HEADER.pack(MAGIC_ROWS, len(body), _crc(MAGIC_ROWS, len(body), body)) + body)
-    return frames[0] if len(frames) == 1 else b"".join(frames)
+        joined = b"".join(part)
+        head = _CHUNK.pack(len(part), first_us, last_us)
+        length = len(head) + len(joined)
+        # _crc(MAGIC_ROWS, length, head + joined), without making that concatenation
+        crc = zlib.crc32(joined, zlib.crc32(head, zlib.crc32(MAGIC_ROWS, length)))
+        frames.append(b"".join((_HEADER.pack(MAGIC_ROWS, length, crc), head, joined)))
+        chunks.append(Chunk(len(part), first_us, last_us, joined))
+    return (frames[0] if len(frames) == 1 else b"".join(frames)), chunks
 
 
 def decode_chunk(body: bytes) -> Chunk:
@@ -179,6 +193,56 @@ def try_lock(path: Path) -> int | None:
     return fd
 
 
+class _Written(NamedTuple):
+    after: Position  # where the write before this one ended (a new segment starts elsewhere)
+    start: Position
+    end: Position
+    chunks: list[Chunk]
+    count: int
+    size: int
+
+
+class RecentFrames:
+    """What this process wrote to its journal and its writer has not taken yet, kept in memory
+    up to `max_bytes`. The writer takes its batches from here rather than reading back, copying
+    and checksumming the bytes written a moment ago (0.6 us an event on the serving core,
+    measured). The file stays the truth: a frame not here (the bound was reached) is read from
+    it, and a frame is only put here once its write succeeded."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._frames: deque[_Written] = deque()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def put(self, written: _Written) -> None:
+        if self._bytes + written.size > self.max_bytes:
+            return  # a gap: the reader meets it and reads from the file instead
+        self._frames.append(written)
+        self._bytes += written.size
+
+    def take(self, position: Position, max_rows: int) -> tuple[list[Chunk], int, Position] | None:
+        """The chunks written from `position` on, whole writes, until `max_rows` events or more,
+        with the position after them; None if what follows `position` is not here."""
+        frames = self._frames
+        while frames and frames[0].end <= position:  # read from the file meanwhile
+            self._bytes -= frames.popleft().size
+        chunks: list[Chunk] = []
+        count = 0
+        while frames and count < max_rows:
+            written = frames[0]
+            if written.start != position and written.after != position:
+                break  # a gap in what is here
+            frames.popleft()
+            self._bytes -= written.size
+            chunks += written.chunks
+            count += written.count
+            position = written.end
+        return (chunks, count, position) if chunks else None
+
+
 @dataclass
 class JournalDir:
     """Reading side of one journal directory: batches from the checkpoint on, commit, clean up.
@@ -193,6 +257,8 @@ class JournalDir:
     _committed: Position = field(init=False)
     _warned: set[int] = field(default_factory=set)
     _saved_at: float = 0.0
+    # Own journal: the frames its appender keeps in memory for us (see RecentFrames).
+    recent: RecentFrames | None = None
 
     def __post_init__(self) -> None:
         self._committed = self._load_checkpoint()
@@ -227,6 +293,14 @@ class JournalDir:
         """Frames after the last read position, until they hold `max_rows` events or more (a
         frame is never split). `write_position` (own journal) is where the appender is: never
         read past it."""
+        if write_position is not None and self._read >= write_position:
+            return None  # caught up with the appender (the writer asks this every flush interval)
+        if self.recent is not None:
+            taken = self.recent.take(self._read, max_rows)
+            if taken is not None:
+                chunks, count, end = taken
+                self._read = end
+                return Batch(chunks, [], end, self, count)
         batch = Batch([], [], self._read, self)
         position = self._read
         while batch.count < max_rows:
@@ -403,6 +477,8 @@ class Journal:
         self._disk_bytes = 0
         self._sizes: dict[int, int] = {}
         self._sync_task: asyncio.Task[None] | None = None
+        self._recent = RecentFrames(min(_RECENT_MAX_BYTES, max_bytes))
+        self._last_end = Position(0, 0)
         self.own: JournalDir | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -418,8 +494,9 @@ class Journal:
         assert lock_fd is not None, "nobody else can know of a directory made a moment ago"
         path = self.root / name
         hidden.rename(path)
-        self.own = JournalDir(path, lock_fd, live=True)
+        self.own = JournalDir(path, lock_fd, live=True, recent=self._recent)
         self._open_segment(1)
+        self._last_end = self.write_position
         self._loop = asyncio.get_running_loop()
         if self.fsync is FsyncPolicy.interval:
             self._sync_task = asyncio.create_task(self._sync_periodically(), name="trackd-journal-fsync")
@@ -510,8 +587,13 @@ class Journal:
     def _flush(self) -> None:
         rows, self._pending = self._pending, []
         flushed, self._flushed = self._flushed, None
-        ok = self._write(frame_rows(rows, self._first_us, self._last_us))
+        start = self.write_position
+        data, chunks = _frames(rows, self._first_us, self._last_us)
+        ok = self._write(data)
         if ok:
+            end = self.write_position
+            self._recent.put(_Written(self._last_end, start, end, chunks, len(rows), len(data)))
+            self._last_end = end
             self.appended += len(rows)
             if self.fsync is FsyncPolicy.always:
                 try:

@@ -73,7 +73,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--connections", type=int, default=int(_env("BENCH_CONNECTIONS", "50")))
     # One wrk thread: trackd serves on one core, so the other core is left to wrk and PostgreSQL;
     # a second wrk thread only competes with the server for CPU (measured: no gain on the bare app).
-    p.add_argument("--threads", type=int, default=int(_env("BENCH_THREADS", "1")))
+    # Two wrk threads, one per core: with one, trackd sat idle 6-9 % of each run waiting for wrk
+    # (the bare app 1 %), so the load generator, not the server, set part of its figure; with two,
+    # both servers are 95-99 % busy and the bare app's req/s is the same (docs/benchmarks.md).
+    p.add_argument("--threads", type=int, default=int(_env("BENCH_THREADS", "2")))
     p.add_argument("--out", default=_env("BENCH_OUT", ""), help="JSON summary path ('' = mode default)")
     p.add_argument("--events", type=int, default=int(_env("BENCH_EVENTS", "0")), help="soak: requests to send")
     p.add_argument("--soak-max-s", type=float, default=float(_env("BENCH_SOAK_MAX_S", "900")))
@@ -97,6 +100,14 @@ class TrackdRun:
     catch_up_s: float  # from the end of the load to the last row committed
     cpu_s: float  # trackd + PostgreSQL, from the start of the load until caught up
     server_cpu_s: float
+    busy: float  # trackd's CPU seconds per second of load: below 1, it waited for work
+
+
+def busy_during(pid: int, run: Any) -> tuple[Any, float]:
+    """Run `run()` (a load) and return its result with the CPU seconds `pid` used per second of it."""
+    cpu0, wall0 = procs.cpu_seconds(pid), time.monotonic()
+    result = run()
+    return result, (procs.cpu_seconds(pid) - cpu0) / max(1e-9, time.monotonic() - wall0)
 
 
 def load(target: Child, paths: list[str], opts: Options, seconds: float | None = None) -> wrk.WrkResult:
@@ -109,14 +120,14 @@ def trackd_run(server: Child, pgdata: Path, dsn: str, paths: list[str], opts: Op
     since = time.time() - 0.001
     before = harness.recorded_total(server.base_url)
     server_cpu0, pg_cpu0 = procs.cpu_seconds(server.pid), procs.postgres_cpu_seconds(pgdata)
-    result = load(server, paths, opts, seconds)
+    result, busy = busy_during(server.pid, lambda: load(server, paths, opts, seconds))
     stopped = time.monotonic()
     served = harness.recorded_total(server.base_url) - before
     rows, _ = asyncio.run(harness.wait_rows(dsn, since, served, timeout=30))
     catch_up = time.monotonic() - stopped
     server_cpu = procs.cpu_seconds(server.pid) - server_cpu0
     cpu = server_cpu + procs.postgres_cpu_seconds(pgdata) - pg_cpu0
-    return TrackdRun(result, served, rows, catch_up, cpu, server_cpu)
+    return TrackdRun(result, served, rows, catch_up, cpu, server_cpu, busy)
 
 
 def compare(kind: str, bare: Child, server: Child, pgdata: Path, dsn: str, paths: list[str],
@@ -124,16 +135,19 @@ def compare(kind: str, bare: Child, server: Child, pgdata: Path, dsn: str, paths
     """Alternate bare and trackd runs; medians over the runs, ratios taken pair by pair."""
     bare_runs: list[wrk.WrkResult] = []
     bare_cpu = 0.0
+    bare_busy: list[float] = []
     runs: list[TrackdRun] = []
     for i in range(opts.runs):
         cpu0 = procs.cpu_seconds(bare.pid)
-        bare_runs.append(load(bare, paths, opts))
+        result, busy = busy_during(bare.pid, lambda: load(bare, paths, opts))
+        bare_runs.append(result)
+        bare_busy.append(busy)
         bare_cpu += procs.cpu_seconds(bare.pid) - cpu0
         runs.append(trackd_run(server, pgdata, dsn, paths, opts))
         r = runs[-1]
-        print(f"  {kind} run {i + 1}/{opts.runs}: bare {bare_runs[-1].rps:,.0f} req/s, trackd {r.wrk.rps:,.0f} req/s"
-              f" (p99 {r.wrk.p99_ms:.2f} ms), rows {r.rows}/{r.served} caught up in {r.catch_up_s:.2f}s",
-              flush=True)  # fmt: skip
+        print(f"  {kind} run {i + 1}/{opts.runs}: bare {bare_runs[-1].rps:,.0f} req/s ({bare_busy[-1]:.0%} busy), "
+              f"trackd {r.wrk.rps:,.0f} req/s ({r.busy:.0%} busy, p99 {r.wrk.p99_ms:.2f} ms), "
+              f"rows {r.rows}/{r.served} caught up in {r.catch_up_s:.2f}s", flush=True)  # fmt: skip
     served = sum(r.served for r in runs)
     wrk_ok = sum(r.wrk.ok for r in runs)
     return {
@@ -154,6 +168,10 @@ def compare(kind: str, bare: Child, server: Child, pgdata: Path, dsn: str, paths
         # The bare app's CPU per response: with the server's core the limit, trackd's throughput
         # ratio can reach at most bare_cpu / trackd_cpu (a steadier figure than req/s here).
         "bare_cpu_s_per_million": round(bare_cpu / max(1, sum(b.requests for b in bare_runs)) * 1e6, 2),
+        # How much of the load each server spent working (CPU s per s, median): the rest it waited
+        # for the load generator (or, for trackd, lost its core to PostgreSQL and wrk).
+        "busy": round(statistics.median(r.busy for r in runs), 3),
+        "bare_busy": round(statistics.median(bare_busy), 3),
         "rss_mb": 0.0,  # filled in after all runs
         "served": served,
         "wrk_responses_ok": wrk_ok,
@@ -162,8 +180,9 @@ def compare(kind: str, bare: Child, server: Child, pgdata: Path, dsn: str, paths
         "socket_errors": sum(r.wrk.socket_errors for r in runs),
         "catch_up_s_max": round(max(r.catch_up_s for r in runs), 3),
         "runs": [{"bare_rps": round(b.rps, 1), "rps": round(r.wrk.rps, 1), "p99_ms": r.wrk.p99_ms,
-                  "served": r.served, "rows": r.rows, "catch_up_s": round(r.catch_up_s, 3)}
-                 for r, b in zip(runs, bare_runs, strict=True)],
+                  "served": r.served, "rows": r.rows, "catch_up_s": round(r.catch_up_s, 3),
+                  "busy": round(r.busy, 3), "bare_busy": round(bb, 3)}
+                 for r, b, bb in zip(runs, bare_runs, bare_busy, strict=True)],
     }  # fmt: skip
 
 
@@ -191,6 +210,7 @@ def print_kind(kind: str, s: dict[str, Any]) -> None:
           f"p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, p99.9 {s['p999_ms']:.2f} ms; "
           f"RSS {s['rss_mb']:.0f} MB; {s['cpu_s_per_million']:.1f} CPU s per million events "
           f"(trackd {s['server_cpu_s_per_million']:.1f}, bare app {s['bare_cpu_s_per_million']:.1f}); "
+          f"busy {s['busy']:.0%} (bare app {s['bare_busy']:.0%}); "
           f"rows {s['rows']} / served {s['served']} "
           f"(wrk counted {s['wrk_responses_ok']} 2xx/3xx, non-2xx/3xx {s['non_2xx_3xx']}); "
           f"caught up in {s['catch_up_s_max']:.2f}s at worst")  # fmt: skip
@@ -353,8 +373,10 @@ def growth_mode(opts: Options, work: Path) -> int:
     print(f"\n== growth: 0 rows vs {opts.growth_rows:,} rows in events ==")
     for key in ("click", "pixel"):
         e, g = phases["empty"][key], phases["grown"][key]
-        print(f"{key}: ratio to bare {e['ratio']:.2f} -> {g['ratio']:.2f} "
-              f"({g['rps']:,.0f} req/s, p99 {g['p99_ms']:.2f} ms)")
+        print(
+            f"{key}: ratio to bare {e['ratio']:.2f} -> {g['ratio']:.2f} "
+            f"({g['rps']:,.0f} req/s, p99 {g['p99_ms']:.2f} ms)"
+        )
     e, g = phases["empty"]["writer_events_per_s"], phases["grown"]["writer_events_per_s"]
     print(f"writer: {e:,.0f} -> {g:,.0f} events/s")
     data = header(opts, f"BENCH_GROWTH_ROWS={opts.growth_rows} make bench-growth") | phases

@@ -139,7 +139,7 @@ def sign_through_api(base_url: str, count: int, campaign: str = "bench") -> Sign
     return SignedLinks(clicks, opens)
 
 
-_RECORDED = re.compile(r'^trackd_interactions_total\{([^}]*)\} ([0-9.e+]+)$', re.M)
+_RECORDED = re.compile(r"^trackd_interactions_total\{([^}]*)\} ([0-9.e+]+)$", re.M)
 
 
 def recorded_total(base_url: str) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from hypothesis import given
@@ -340,3 +341,97 @@ def test_many_one_event_frames_make_one_batch(tmp_path: Path) -> None:
     (reader,) = orphans(tmp_path, None)
     batch = reader.read(20_000)  # the count is kept as frames are added (it was re-summed: ~5 s)
     assert batch is not None and batch.count == 20_000 and len(batch.chunks) == 20_000
+
+
+# -- the live journal's frames handed to the writer from memory ---------------------------------
+
+
+def _count_file_reads(monkeypatch) -> list[int]:
+    reads: list[int] = []
+    real = JournalDir._parse
+
+    def counting(self: JournalDir, data: bytes, *args: object) -> int:
+        reads.append(len(data))
+        return real(self, data, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(JournalDir, "_parse", counting)
+    return reads
+
+
+async def test_live_frames_are_handed_over_from_memory(tmp_path: Path, monkeypatch) -> None:
+    reads = _count_file_reads(monkeypatch)
+    journal = open_journal(tmp_path, segment_bytes=4096)
+    await append_all(journal, 300, per_tick=7)  # 43 frames over several segments
+    assert drain(journal, batch_rows=50) == list(range(300))
+    assert reads == []  # nothing read back from disk
+    await journal.close()
+
+
+async def test_past_the_memory_bound_the_file_is_read(tmp_path: Path, monkeypatch) -> None:
+    """Frames that did not fit in memory are read from the file, each exactly once, in order,
+    and frames kept in memory after such a gap are not handed over twice."""
+    reads = _count_file_reads(monkeypatch)
+    journal = open_journal(tmp_path, segment_bytes=4096)
+    frame = len(frame_rows([make_row(i) for i in range(5)], _T0_US, _T0_US))
+    journal._recent.max_bytes = 3 * frame  # room for three ticks of five rows
+    got: list[int] = []
+    own = journal.own
+    assert own is not None
+    for start in range(0, 400, 40):
+        await append_all(journal, 40, start, per_tick=5)  # eight frames: five do not fit
+        while (batch := own.read(12, journal.write_position)) is not None:
+            got += ids_of(batch)
+            journal.forget(own.commit(batch.end))
+    assert got == list(range(400))
+    assert reads  # the gaps were read from the file
+    assert len(journal._recent) == 0  # and what memory held was used or dropped, not kept
+    await journal.close()
+
+
+@given(
+    ticks=st.lists(st.integers(1, 40), min_size=1, max_size=30),
+    bound_frames=st.integers(0, 6),
+    batch_rows=st.integers(1, 120),
+    read_every=st.integers(1, 5),
+)
+def test_every_event_is_read_once_in_order_whatever_memory_holds(
+    ticks: list[int], bound_frames: int, batch_rows: int, read_every: int
+) -> None:
+    async def scenario(root: Path) -> None:
+        journal = open_journal(root, segment_bytes=2048)
+        journal._recent.max_bytes = bound_frames * 2000
+        own = journal.own
+        assert own is not None
+        got: list[int] = []
+        n = 0
+        for number, size in enumerate(ticks):
+            await append_all(journal, size, n)
+            n += size
+            if number % read_every == 0:
+                if (batch := own.read(batch_rows, journal.write_position)) is not None:
+                    got += ids_of(batch)
+                    journal.forget(own.commit(batch.end))
+                journal.rotate_if_drained()
+        got += drain(journal, batch_rows)
+        assert got == list(range(n))
+        await journal.close()
+
+    with tempfile.TemporaryDirectory() as root:
+        asyncio.run(scenario(Path(root)))
+
+
+async def test_a_write_the_disk_refused_is_not_handed_over(tmp_path: Path, monkeypatch) -> None:
+    journal = open_journal(tmp_path, segment_bytes=1 << 20)
+    await append_all(journal, 10)
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    refused = journal.append(make_row(10), _T0_US + 10)
+    assert refused is not None and await refused is False  # the client hears it was not recorded
+    monkeypatch.setattr(os, "write", real_write)
+    await append_all(journal, 10, 11)
+    assert drain(journal) == [*range(10), *range(11, 21)]
+    await journal.close()

@@ -95,8 +95,8 @@ def test_wrk_summary_is_parsed() -> None:
 
 def test_py_spy_collapsed_stacks_become_a_table() -> None:
     collapsed = (
-        "process 1:\"python\";<module> (app/cli.py:10);run (loop.py:5);click (app/hotpath.py:120) 30\n"
-        "process 1:\"python\";<module> (app/cli.py:10);run (loop.py:5);row (app/events.py:106) 70\n"
+        'process 1:"python";<module> (app/cli.py:10);run (loop.py:5);click (app/hotpath.py:120) 30\n'
+        'process 1:"python";<module> (app/cli.py:10);run (loop.py:5);row (app/events.py:106) 70\n'
     )
     total, rows = profile.top_functions(collapsed)
     assert total == 100
@@ -147,8 +147,18 @@ def test_bench_harness_end_to_end(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     for kind in ("click", "pixel"):
         s = data[kind]
-        for key in ("rps", "bare_rps", "ratio", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_million",
-                    "server_cpu_s_per_million", "bare_cpu_s_per_million", "rss_mb"):
+        for key in (
+            "rps",
+            "bare_rps",
+            "ratio",
+            "p50_ms",
+            "p99_ms",
+            "p999_ms",
+            "cpu_s_per_million",
+            "server_cpu_s_per_million",
+            "bare_cpu_s_per_million",
+            "rss_mb",
+        ):
             assert isinstance(s[key], float) and s[key] > 0, (kind, key, s[key])
         assert s["non_2xx_3xx"] == 0
         assert s["rows"] == s["served"] > 0

@@ -147,7 +147,8 @@ async def test_a_record_no_row_can_be_made_of_goes_to_dead_letters(
     dead = await db.fetchrow(
         "SELECT error, row_repr FROM events_dead_letter WHERE row_repr LIKE '%\\\\x01\\\\x01\\\\xff%'"
     )
-    assert dead is not None and "IndexError" in dead["error"]  # the payload ends too soon
+    # the payload ends too soon: struct refuses to read past it
+    assert dead is not None and "requires a buffer of at least" in dead["error"]
     assert not old.exists()  # fully replayed and removed
     await writer.journal.close()
 

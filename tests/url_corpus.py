@@ -35,9 +35,7 @@ def _kept(label: str, url: str) -> tuple[str, str, str]:
 
 # A ~2,000-character query (111 parameters, each with an escape and a `+`), built here so the
 # file stays readable. Total URL length stays within MAX_URL_LENGTH.
-_LONG_QUERY_URL = "https://www.example.com/p?" + "&".join(
-    f"k{i:03d}=v{i:03d}%2F{i:03d}+x" for i in range(111)
-)
+_LONG_QUERY_URL = "https://www.example.com/p?" + "&".join(f"k{i:03d}=v{i:03d}%2F{i:03d}+x" for i in range(111))
 # Exactly at the limit: 2,048 characters is still signable.
 _MAX_LENGTH_URL = "https://example.com/?pad=" + "a" * (MAX_URL_LENGTH - len("https://example.com/?pad="))
 # A deep path: 250 segments.
@@ -287,9 +285,7 @@ CORPUS: list[tuple[str, str, str]] = [
         "mailto_in_query",
         "https://example.com/share?to=mailto:someone@example.com&subject=Hello%20there&body=Hi!",
     ),
-    _kept(
-        "mailto_raw_nested_query", "https://example.com/r?next=mailto:a@b.example?subject=x&cc=c@d.example"
-    ),
+    _kept("mailto_raw_nested_query", "https://example.com/r?next=mailto:a@b.example?subject=x&cc=c@d.example"),
     _kept(
         "nested_encoded_url",
         "https://example.com/redirect?u=https%3A%2F%2Fother.example.org%2Fpath%3Fa%3D1%26b%3D2",
