@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from app.copyrows import RowEncoder
 from app.events import EventIds
 from app.metrics import HotPathMeter, Metrics
-from app.tokens import KIND_CLICK, KIND_OPEN, KeyRing, click_location
+from app.tokens import KIND_CLICK, KIND_OPEN, KeyRing
 
 log = logging.getLogger("trackd.hotpath")
 
@@ -150,8 +150,10 @@ class HotPath:
                 id_hi, id_lo = self.ids.pair(received_us // 1000)
                 client = scope.get("client")  # optional in ASGI
                 client_field = rows.client(client[0] if client else None, xff)
-                make_row = rows.click_row if click else rows.open_row
-                row = make_row(id_hi, id_lo, received_us, agent.fields, client_field, payload)
+                if click:
+                    row, location = rows.click_row(id_hi, id_lo, received_us, agent.fields, client_field, payload)
+                else:
+                    row = rows.open_row(id_hi, id_lo, received_us, agent.fields, client_field, payload)
                 journal = self.journal
                 written = journal.append(row, received_us) if journal is not None else None
                 if written is None:
@@ -164,7 +166,7 @@ class HotPath:
                     self.metrics.dropped_error.inc()
                 if click:
                     await send({"type": "http.response.start", "status": 302,
-                                "headers": [(b"location", click_location(payload)), _NO_STORE, _NO_BODY]})  # fmt: skip
+                                "headers": [(b"location", location), _NO_STORE, _NO_BODY]})  # fmt: skip
                     await send(_EMPTY_BODY)
             if not click:  # a bad token still gets the image: a broken image in the mail helps nobody
                 await send(_PIXEL_START)

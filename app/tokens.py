@@ -53,6 +53,7 @@ _LAST_CHAR_OK = {
 }
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
+_compare_digest = hmac.compare_digest
 
 
 class SigningError(ValueError):
@@ -196,7 +197,12 @@ class KeyRing:
         if pads is None:
             return None
         payload = raw[:-TAG_BYTES]
-        if not hmac.compare_digest(_tag(pads, payload), raw[-TAG_BYTES:]):
+        # _tag(), written out: one Python call fewer on the hot path
+        inner = pads[0].copy()
+        inner.update(payload)
+        outer = pads[1].copy()
+        outer.update(inner.digest())
+        if not _compare_digest(outer.digest()[:TAG_BYTES], raw[-TAG_BYTES:]):
             return None
         return payload
 
