@@ -91,8 +91,9 @@ def frame_rows(rows: list[bytes], first_us: int, last_us: int) -> bytes:
     return _frames(rows, first_us, last_us)[0]
 
 
-def _frames(rows: list[bytes], first_us: int, last_us: int) -> tuple[bytes, list[Chunk]]:
-    """The frames to write for a tick's rows, and the same events as chunks for the writer."""
+def _frames(rows: list[bytes], first_us: int, last_us: int) -> tuple[bytes, list[tuple[Chunk, int]]]:
+    """The frames to write for a tick's rows, and each frame's events as a chunk for the writer,
+    with the frame's length on disk."""
     frames = []
     chunks = []
     for start in range(0, len(rows), MAX_FRAME_ROWS):
@@ -103,7 +104,7 @@ def _frames(rows: list[bytes], first_us: int, last_us: int) -> tuple[bytes, list
         # _crc(MAGIC_ROWS, length, head + joined), without making that concatenation
         crc = zlib.crc32(joined, zlib.crc32(head, zlib.crc32(MAGIC_ROWS, length)))
         frames.append(b"".join((_HEADER.pack(MAGIC_ROWS, length, crc), head, joined)))
-        chunks.append(Chunk(len(part), first_us, last_us, joined))
+        chunks.append((Chunk(len(part), first_us, last_us, joined), _HEADER.size + length))
     return (frames[0] if len(frames) == 1 else b"".join(frames)), chunks
 
 
@@ -194,12 +195,12 @@ def try_lock(path: Path) -> int | None:
 
 
 class _Written(NamedTuple):
-    after: Position  # where the write before this one ended (a new segment starts elsewhere)
+    """One frame on disk, as the writer takes it."""
+
+    after: Position  # where the frame before it ended (the same as start, unless a segment began)
     start: Position
     end: Position
-    chunks: list[Chunk]
-    count: int
-    size: int
+    chunk: Chunk
 
 
 class RecentFrames:
@@ -207,7 +208,8 @@ class RecentFrames:
     up to `max_bytes`. The writer takes its batches from here rather than reading back, copying
     and checksumming the bytes written a moment ago (0.6 us an event on the serving core,
     measured). The file stays the truth: a frame not here (the bound was reached) is read from
-    it, and a frame is only put here once its write succeeded."""
+    it, and a frame is only put here once its write succeeded. Batches are cut as the file
+    reader cuts them: whole frames, until `max_rows` events or more."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -217,29 +219,35 @@ class RecentFrames:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def put(self, written: _Written) -> None:
-        if self._bytes + written.size > self.max_bytes:
+    def put(self, frame: _Written) -> None:
+        size = len(frame.chunk.rows)
+        if self._bytes + size > self.max_bytes:
             return  # a gap: the reader meets it and reads from the file instead
-        self._frames.append(written)
-        self._bytes += written.size
+        self._frames.append(frame)
+        self._bytes += size
+
+    def discard_through(self, position: Position) -> None:
+        """Let go of the frames that end at or before `position` (read from the file meanwhile)."""
+        frames = self._frames
+        while frames and frames[0].end <= position:
+            self._bytes -= len(frames.popleft().chunk.rows)
 
     def take(self, position: Position, max_rows: int) -> tuple[list[Chunk], int, Position] | None:
-        """The chunks written from `position` on, whole writes, until `max_rows` events or more,
-        with the position after them; None if what follows `position` is not here."""
+        """The chunks of the frames from `position` on, until `max_rows` events or more, with the
+        position after them; None if the frame at `position` is not here."""
+        self.discard_through(position)
         frames = self._frames
-        while frames and frames[0].end <= position:  # read from the file meanwhile
-            self._bytes -= frames.popleft().size
         chunks: list[Chunk] = []
         count = 0
         while frames and count < max_rows:
-            written = frames[0]
-            if written.start != position and written.after != position:
+            frame = frames[0]
+            if frame.start != position and frame.after != position:
                 break  # a gap in what is here
             frames.popleft()
-            self._bytes -= written.size
-            chunks += written.chunks
-            count += written.count
-            position = written.end
+            self._bytes -= len(frame.chunk.rows)
+            chunks.append(frame.chunk)
+            count += frame.chunk.count
+            position = frame.end
         return (chunks, count, position) if chunks else None
 
 
@@ -293,14 +301,14 @@ class JournalDir:
         """Frames after the last read position, until they hold `max_rows` events or more (a
         frame is never split). `write_position` (own journal) is where the appender is: never
         read past it."""
-        if write_position is not None and self._read >= write_position:
-            return None  # caught up with the appender (the writer asks this every flush interval)
         if self.recent is not None:
             taken = self.recent.take(self._read, max_rows)
             if taken is not None:
                 chunks, count, end = taken
                 self._read = end
                 return Batch(chunks, [], end, self, count)
+        if write_position is not None and self._read >= write_position:
+            return None  # caught up with the appender (the writer asks this every flush interval)
         batch = Batch([], [], self._read, self)
         position = self._read
         while batch.count < max_rows:
@@ -585,15 +593,24 @@ class Journal:
         return flushed
 
     def _flush(self) -> None:
+        if not self._pending:
+            return  # already flushed by close()
         rows, self._pending = self._pending, []
         flushed, self._flushed = self._flushed, None
-        start = self.write_position
-        data, chunks = _frames(rows, self._first_us, self._last_us)
+        segment, offset = self._segment, self._offset
+        data, frames = _frames(rows, self._first_us, self._last_us)
         ok = self._write(data)
         if ok:
-            end = self.write_position
-            self._recent.put(_Written(self._last_end, start, end, chunks, len(rows), len(data)))
-            self._last_end = end
+            # Times outside the sane range are damage to the reader of the file (decode_chunk);
+            # such frames are left to it, so that both ways of reading agree.
+            keep = _SANE_US[0] <= self._first_us and self._last_us < _SANE_US[1]
+            for chunk, length in frames:
+                start = Position(segment, offset)
+                offset += length
+                end = Position(segment, offset)
+                if keep:
+                    self._recent.put(_Written(self._last_end, start, end, chunk))
+                self._last_end = end
             self.appended += len(rows)
             if self.fsync is FsyncPolicy.always:
                 try:
@@ -641,8 +658,10 @@ class Journal:
         without this a quiet service would keep its last segment forever, counted against the cap."""
         assert self.own is not None
         if self._offset >= self.segment_bytes // 4 and self.own.committed >= self.write_position:
-            self._open_segment(self._segment + 1)
-            self.forget(self.own.commit(Position(self._segment, 0)))
+            segment = self._segment
+            self._open_segment(segment + 1)
+            if self._segment != segment:  # not if the new file could not be made (disk full)
+                self.forget(self.own.commit(Position(self._segment, 0)))
 
 
 def orphans(root: Path, own: Path | None) -> Iterator[JournalDir]:

@@ -435,3 +435,94 @@ async def test_a_write_the_disk_refused_is_not_handed_over(tmp_path: Path, monke
     await append_all(journal, 10, 11)
     assert drain(journal) == [*range(10), *range(11, 21)]
     await journal.close()
+
+
+async def test_frames_the_file_reader_passed_are_let_go(tmp_path: Path, monkeypatch) -> None:
+    """If the writer reads past frames memory still holds (after a gap), memory drops them, and
+    the frames written after that come from memory again."""
+    reads = _count_file_reads(monkeypatch)
+    journal = open_journal(tmp_path, segment_bytes=1 << 20)
+    frame = len(frame_rows([make_row(i) for i in range(5)], _T0_US, _T0_US))
+    journal._recent.max_bytes = 2 * frame
+    own = journal.own
+    assert own is not None
+    await append_all(journal, 5, 0)
+    journal._recent.max_bytes = 0  # a gap: the next tick is not kept
+    await append_all(journal, 5, 5)
+    journal._recent.max_bytes = 2 * frame
+    await append_all(journal, 5, 10)  # kept again, after the gap
+    first = own.read(7, journal.write_position)  # ticks 1 and 2: memory, then the gap
+    assert first is not None and ids_of(first) == list(range(5))
+    second = own.read(7, journal.write_position)  # the file, from the gap on: through tick 3
+    assert second is not None and ids_of(second) == list(range(5, 15)) and len(reads) == 1
+    assert own.read(7, journal.write_position) is None
+    assert len(journal._recent) == 0  # tick 3's copy in memory was let go, not handed over again
+    await append_all(journal, 5, 15)
+    third = own.read(7, journal.write_position)
+    assert third is not None and ids_of(third) == list(range(15, 20)) and len(reads) == 1  # memory again
+    await journal.close()
+
+
+async def test_a_big_tick_is_handed_over_in_the_same_batches_as_from_the_file(tmp_path: Path) -> None:
+    async def batches(root: Path, keep: bool) -> list[list[int]]:
+        journal = open_journal(root, segment_bytes=1 << 22, max_bytes=1 << 24)
+        if not keep:
+            journal._recent.max_bytes = 0
+        await append_all(journal, 1200)  # one tick: frames of 512, 512 and 176 rows
+        own = journal.own
+        assert own is not None
+        out = []
+        while (batch := own.read(100, journal.write_position)) is not None:
+            out.append(ids_of(batch))
+            own.commit(batch.end)
+        await journal.close()
+        return out
+
+    from_memory = await batches(tmp_path / "memory", True)
+    assert from_memory == await batches(tmp_path / "file", False)
+    assert [len(b) for b in from_memory] == [MAX_FRAME_ROWS, MAX_FRAME_ROWS, 1200 - 2 * MAX_FRAME_ROWS]
+
+
+async def test_a_frame_with_an_insane_time_is_read_as_the_file_reader_reads_it(tmp_path: Path) -> None:
+    """A wall clock at 1970 makes frames the file reader counts as damage; memory must not
+    hand them over instead (the two ways of reading agree)."""
+    journal = open_journal(tmp_path, segment_bytes=1 << 20)
+    future = journal.append(make_row(1), 1_000_000)  # 1970-01-01T00:00:01Z
+    assert future is not None and await future
+    assert len(journal._recent) == 0
+    own = journal.own
+    assert own is not None
+    assert own.read(100, journal.write_position) is None or own.damage.corrupt_records == 1
+    await journal.close()
+
+
+async def test_a_refused_rotation_of_a_drained_journal_keeps_the_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    journal = open_journal(tmp_path, segment_bytes=4096)
+    await append_all(journal, 20)  # a quarter of the segment or more, but not all of it
+    own = journal.own
+    assert own is not None
+    drain(journal)
+    committed = own.committed
+    assert committed == journal.write_position and committed.offset >= 4096 // 4
+
+    def no_space(*args: object, **kwargs: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "open", no_space)
+    journal.rotate_if_drained()  # cannot make the new segment
+    assert own.committed == committed  # not moved back to the start of the current one
+    monkeypatch.undo()
+    await journal.close()
+    assert not own.path.exists()  # all committed: removed, not left for a replay
+
+
+async def test_a_tick_flushed_by_close_is_not_written_again(tmp_path: Path) -> None:
+    journal = open_journal(tmp_path, segment_bytes=1 << 20)
+    future = journal.append(make_row(1), _T0_US)  # its flush is scheduled for the next tick
+    assert future is not None
+    path = journal.own.path  # type: ignore[union-attr]
+    await journal.close()  # flushes it now
+    assert future.done() and future.result()
+    await asyncio.sleep(0)  # the scheduled flush runs: nothing left to write
+    assert journal.appended == 1
+    assert [p.name for p in path.glob("*.seg")] == ["00000001.seg"]
