@@ -23,6 +23,10 @@ frames them and makes a single write() (so a burst of requests costs one system 
 resolves the future. Responses are sent only after that: once a client has its redirect, the
 event is in the page cache and survives a crash of the process. How it survives a crash of the
 machine is the fsync policy's business (see docs/reliability.md).
+
+Reads: the writer of the process takes its own journal's recent frames from memory
+(RecentFrames), not from the file it just wrote; the file is read for what memory does not hold,
+for adopted journals, and at start-up.
 """
 
 from __future__ import annotations

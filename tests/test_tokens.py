@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import string
@@ -11,6 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.copyrows import RowEncoder, decode_row
+from app.settings import Settings
 from app.tokens import (
     KIND_CLICK,
     KIND_OPEN,
@@ -49,6 +52,42 @@ def test_click_round_trip(campaign: str, recipient: str, index: int, url: str, s
     claims = parse_payload(payload)
     assert claims == (KIND_CLICK, "k2", sent, index, campaign, recipient, url)
     assert RING.verify(token, KIND_OPEN) is None  # a click token is not a pixel token
+
+
+ROWS = RowEncoder(Settings())
+AGENT = ROWS.agent("click", False, b"UA").fields
+CLIENT = ROWS.client("127.0.0.1", None)
+
+
+@given(campaign=ids, recipient=ids, index=st.integers(0, 65535), url=urls, sent=st.integers(0, 2**32 - 1))
+def test_the_rows_made_on_the_hot_path_carry_the_payload_as_signed(
+    campaign: str, recipient: str, index: int, url: str, sent: int
+) -> None:
+    sent_at = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=sent)
+    payload = RING.verify(RING.sign_click(campaign, recipient, index, url, sent_at=sent), KIND_CLICK)
+    assert payload is not None
+    row, location = ROWS.click_row(1, 2, 1_700_000_000_000_000, AGENT, CLIENT, payload)
+    assert location == click_location(payload) == url.encode()
+    got = decode_row(row)
+    assert (got["kind"], got["campaign_id"], got["recipient_id"], got["link_index"], got["url"], got["sent_at"]) == (
+        "click",
+        campaign,
+        recipient,
+        index,
+        url,
+        sent_at,
+    )
+    assert ROWS.row(1, 2, 1_700_000_000_000_000, AGENT, CLIENT, payload) == row
+    payload = RING.verify(RING.sign_open(campaign, recipient, sent_at=sent), KIND_OPEN)
+    assert payload is not None
+    got = decode_row(ROWS.open_row(1, 2, 1_700_000_000_000_000, AGENT, CLIENT, payload))
+    assert (got["campaign_id"], got["recipient_id"], got["link_index"], got["url"], got["sent_at"]) == (
+        campaign,
+        recipient,
+        None,
+        None,
+        sent_at,
+    )
 
 
 @given(campaign=ids, recipient=ids)
