@@ -171,14 +171,15 @@ class HotPath:
             if not click:  # a bad token still gets the image: a broken image in the mail helps nobody
                 await send(_PIXEL_START)
                 await send(_PIXEL_BODY)
-        except Exception:
+        except BaseException as exc:
             if outcome:  # the event's fate was settled (recorded or not); only the answer failed
                 self.meter.request(kind, outcome, machine, perf_counter() - started)
-            # Nothing here is expected to fail; if it does, count it (an alert fires on any) and
-            # let uvicorn answer 500 if no response started. One log line, not a flood.
-            self.metrics.hot_errors[kind].inc()
-            if not self._error_logged:
-                self._error_logged = True
-                log.exception("unexpected error on the %s path (logged once)", kind)
-            raise
+            if isinstance(exc, Exception):
+                # Nothing here is expected to fail; if it does, count it (an alert fires on any)
+                # and let uvicorn answer 500 if no response started. One log line, not a flood.
+                self.metrics.hot_errors[kind].inc()
+                if not self._error_logged:
+                    self._error_logged = True
+                    log.exception("unexpected error on the %s path (logged once)", kind)
+            raise  # a cancellation too (shutdown): counted above if its event was settled
         self.meter.request(kind, outcome, machine, perf_counter() - started)
