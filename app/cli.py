@@ -23,6 +23,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.pgserver import EmbeddedPostgres
+    from app.protocol import TrackingProtocol
 
     settings = Settings()
     host = args.host or settings.host
@@ -48,7 +49,8 @@ def serve(args: argparse.Namespace) -> int:
             port=port,
             workers=args.workers,
             loop="uvloop",
-            http="httptools",
+            # uvicorn's httptools protocol, answering /c/ and /o/ without an ASGI cycle.
+            http=TrackingProtocol,
             lifespan="on",
             # Client addresses are resolved by trackd itself, from TRACKD_TRUSTED_PROXIES only.
             proxy_headers=False,

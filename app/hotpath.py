@@ -19,7 +19,7 @@ import logging
 from time import perf_counter, time_ns
 from typing import Any, Protocol
 
-from app.copyrows import RowEncoder
+from app.copyrows import AgentFields, RowEncoder
 from app.events import EventIds
 from app.metrics import HotPathMeter, Metrics
 from app.tokens import KIND_CLICK, KIND_OPEN, KeyRing
@@ -60,6 +60,13 @@ _PIXEL_START = _start(
     ],
 )
 _PIXEL_BODY = _body(PIXEL_GIF)
+
+
+def pixel_headers() -> list[tuple[bytes, bytes]]:
+    """The pixel response's headers (app.protocol writes the same ones)."""
+    return list(_PIXEL_START["headers"])
+
+
 _NOT_FOUND_TEXT = b"Link not found.\n"
 _NOT_FOUND_START = _start(
     404,
@@ -129,16 +136,11 @@ class HotPath:
         outcome = ""
         machine = False
         try:
-            is_head = method == "HEAD"
             payload = self.keyring.verify(token, KIND_CLICK if click else KIND_OPEN)
-            ua = xff = None
-            for name, value in scope["headers"]:
-                if name == b"user-agent":
-                    ua = value[: self.ua_max]
-                elif name == b"x-forwarded-for" and self.capture_xff:
-                    xff = value
-            rows = self.rows
-            agent = rows.agent(kind, is_head, ua)
+            client = scope.get("client")  # optional in ASGI
+            agent, location, written = self.record(
+                kind, method == "HEAD", payload, scope["headers"], client[0] if client else None
+            )
             machine = agent.machine
             if payload is None:
                 outcome = "bad_token"
@@ -146,16 +148,6 @@ class HotPath:
                     await send(self._fallback_start or _NOT_FOUND_START)
                     await send(_EMPTY_BODY if self._fallback_start else _NOT_FOUND_BODY)
             else:
-                received_us = time_ns() // 1000
-                id_hi, id_lo = self.ids.pair(received_us // 1000)
-                client = scope.get("client")  # optional in ASGI
-                client_field = rows.client(client[0] if client else None, xff)
-                if click:
-                    row, location = rows.click_row(id_hi, id_lo, received_us, agent.fields, client_field, payload)
-                else:
-                    row = rows.open_row(id_hi, id_lo, received_us, agent.fields, client_field, payload)
-                journal = self.journal
-                written = journal.append(row, received_us) if journal is not None else None
                 if written is None:
                     outcome = "dropped"
                     self.metrics.dropped_full.inc()
@@ -183,3 +175,30 @@ class HotPath:
                     log.exception("unexpected error on the %s path (logged once)", kind)
             raise  # a cancellation too (shutdown): counted above if its event was settled
         self.meter.request(kind, outcome, machine, perf_counter() - started)
+
+    def record(
+        self, kind: str, is_head: bool, payload: bytes | None, headers: list[tuple[bytes, bytes]], peer: str | None
+    ) -> tuple[AgentFields, bytes, asyncio.Future[bool] | None]:
+        """Classify the request and, for a verified `payload`, append its row to the journal.
+        Returns the agent, the Location (clicks) and the journal's future: None if nothing was
+        appended (a bad token, no journal yet, or no room). Shared by the ASGI path and
+        app.protocol, which answers the same requests below ASGI."""
+        ua = xff = None
+        for name, value in headers:
+            if name == b"user-agent":
+                ua = value[: self.ua_max]
+            elif name == b"x-forwarded-for" and self.capture_xff:
+                xff = value
+        rows = self.rows
+        agent = rows.agent(kind, is_head, ua)
+        journal = self.journal
+        if payload is None or journal is None:
+            return agent, b"", None
+        received_us = time_ns() // 1000
+        id_hi, id_lo = self.ids.pair(received_us // 1000)
+        client_field = rows.client(peer, xff)
+        if kind == "click":
+            row, location = rows.click_row(id_hi, id_lo, received_us, agent.fields, client_field, payload)
+        else:
+            row, location = rows.open_row(id_hi, id_lo, received_us, agent.fields, client_field, payload), b""
+        return agent, location, journal.append(row, received_us)
