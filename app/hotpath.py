@@ -8,7 +8,9 @@ redirect for an event that is not on disk; the database is never waited for. Eve
 goes to the wrapped app.
 
 It is one coroutine on purpose: each extra layer of `await` costs about a microsecond per
-request, measured (docs/benchmarks.md).
+request, measured (docs/benchmarks.md). Under `trackd serve` most tracked requests do not reach
+it at all: app.protocol answers them from uvicorn's parser callbacks through `record()`, and
+leaves the rest (bad tokens, a full journal, other methods, ...) to this ASGI path.
 """
 
 from __future__ import annotations
@@ -151,7 +153,7 @@ class HotPath:
                 if written is None:
                     outcome = "dropped"
                     self.metrics.dropped_full.inc()
-                elif await written:
+                elif await asyncio.shield(written):  # shared by the tick: one cancelled request must not cancel it
                     outcome = "recorded"
                 else:
                     outcome = "dropped"
@@ -167,14 +169,17 @@ class HotPath:
             if outcome:  # the event's fate was settled (recorded or not); only the answer failed
                 self.meter.request(kind, outcome, machine, perf_counter() - started)
             if isinstance(exc, Exception):
-                # Nothing here is expected to fail; if it does, count it (an alert fires on any)
-                # and let uvicorn answer 500 if no response started. One log line, not a flood.
-                self.metrics.hot_errors[kind].inc()
-                if not self._error_logged:
-                    self._error_logged = True
-                    log.exception("unexpected error on the %s path (logged once)", kind)
+                self.unexpected(kind)  # uvicorn answers 500 if no response started
             raise  # a cancellation too (shutdown): counted above if its event was settled
         self.meter.request(kind, outcome, machine, perf_counter() - started)
+
+    def unexpected(self, kind: str) -> None:
+        """Nothing on the hot path is expected to fail; if it does, count it (an alert fires on
+        any) and log the exception being handled, once: one log line, not a flood."""
+        self.metrics.hot_errors[kind].inc()
+        if not self._error_logged:
+            self._error_logged = True
+            log.exception("unexpected error on the %s path (logged once)", kind)
 
     def record(
         self, kind: str, is_head: bool, payload: bytes | None, headers: list[tuple[bytes, bytes]], peer: str | None

@@ -13,13 +13,17 @@ path sends. Durability is unchanged: no response leaves before its event is writ
 Everything else goes through uvicorn untouched, to the ASGI app: the API, the dashboard,
 `/metrics`, and the tracked requests this path leaves alone — a bad token (404, fallback
 redirect or the image, counted as such), a full journal, another method, a path with percent
-escapes, a request pipelined behind one still being answered, a WebSocket upgrade.
+escapes, a request pipelined behind one still being answered, a WebSocket upgrade, and all of
+them while access logging is on (uvicorn's send() writes that line) or while the client is not
+reading its answers (uvicorn's send() waits for the buffer to drain). Once an event is recorded
+here it is answered here: an unexpected error then closes the connection (counted in
+`trackd_hot_path_errors_total`, logged once) rather than recording it a second time through
+the ASGI path.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from time import perf_counter
 
 import httptools
@@ -27,8 +31,6 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.hotpath import PIXEL_GIF, HotPath, pixel_headers
 from app.tokens import KIND_CLICK, KIND_OPEN
-
-log = logging.getLogger("trackd.protocol")
 
 _PIXEL_HEAD = STATUS_LINE[200], b"".join(name + b": " + value + b"\r\n" for name, value in pixel_headers())
 _CLICK_TAIL = b"\r\ncache-control: no-store\r\ncontent-length: 0\r\n"
@@ -66,25 +68,31 @@ class TrackingProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, answering tracked requests without an ASGI cycle."""
 
     def on_headers_complete(self) -> None:
-        try:
-            taken = self._answer_tracked()
-        except Exception:  # never lose a request to this shortcut: let uvicorn and ASGI have it
-            log.exception("tracked request left to the ASGI path after an unexpected error")
-            taken = False
-        if not taken:
+        if not self._answer_tracked():
             super().on_headers_complete()
 
     def _answer_tracked(self) -> bool:
+        """Answer the request now if it is a tracked one this path takes; False leaves it to
+        uvicorn (and nothing has been recorded)."""
         hot = self.app
         parser = self.parser
-        if not isinstance(hot, HotPath) or parser.should_upgrade():
+        if (
+            not isinstance(hot, HotPath)  # uvicorn wrapped the app (trace logging, proxy headers)
+            or self.access_log  # uvicorn's send() writes the access log line: let it
+            or self.flow.write_paused  # the client does not read: uvicorn's send() waits for it
+            or parser.should_upgrade()
+            or (self.cycle is not None and not self.cycle.response_complete)  # pipelined: uvicorn queues it
+        ):
             return False
-        if self.cycle is not None and not self.cycle.response_complete:
-            return False  # pipelined behind a response not yet sent: uvicorn queues it
         method = parser.get_method()
         if method != b"GET" and method != b"HEAD":
             return False
-        path = httptools.parse_url(self.url).path
+        try:
+            path = httptools.parse_url(self.url).path
+        except httptools.HttpParserInvalidURLError:
+            return False  # uvicorn answers 400
+        if not path:
+            return False
         if path.startswith(b"/c/"):
             kind, token = "click", path[3:]
         elif path.startswith(b"/o/") and path.endswith(b".gif"):
@@ -93,40 +101,56 @@ class TrackingProtocol(HttpToolsProtocol):
             return False
         if b"%" in token:
             return False  # escapes: uvicorn unquotes them for the ASGI path
+        try:
+            return self._record(hot, kind, token, method == b"HEAD")
+        except Exception:  # raised before anything was appended (record() appends last)
+            hot.unexpected(kind)
+            return False
+
+    def _record(self, hot: HotPath, kind: str, token: bytes, is_head: bool) -> bool:
         started = perf_counter()
         payload = hot.keyring.verify(token.decode("ascii", "replace"), KIND_CLICK if kind == "click" else KIND_OPEN)
         if payload is None:
-            return False
-        agent, location, written = hot.record(
-            kind, method == b"HEAD", payload, self.headers, self.client[0] if self.client else None
-        )
+            return False  # the ASGI path answers bad tokens (404, fallback, the image) and counts them
+        parser = self.parser
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        agent, location, written = hot.record(kind, is_head, payload, self.headers,
+                                              self.client[0] if self.client else None)  # fmt: skip
         if written is None:
             return False  # nothing appended: the ASGI path answers and counts it as dropped
-        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
-        answering = self.cycle = _Answering(keep_alive)  # type: ignore[assignment]
-        if kind == "click":
-            head: tuple[bytes, ...] = (STATUS_LINE[302], b"location: " + location + _CLICK_TAIL)
-            body = b""
-        else:
-            head = _PIXEL_HEAD
-            body = b"" if method == b"HEAD" else PIXEL_GIF
-        written.add_done_callback(lambda done: self._respond(done, answering, head, body, kind, agent.machine, started))
+        # From here the event is in this tick's write: it is answered here, whatever happens.
+        try:
+            answering = _Answering(keep_alive)
+            if kind == "click":
+                head: tuple[bytes, ...] = (STATUS_LINE[302], b"location: " + location + _CLICK_TAIL)
+                body = b""
+            else:
+                head = _PIXEL_HEAD
+                body = b"" if is_head else PIXEL_GIF
+            machine = agent.machine
+            written.add_done_callback(lambda done: self._respond(done, answering, head, body, kind, machine, started))
+            self.cycle = answering  # type: ignore[assignment]
+        except Exception:
+            hot.unexpected(kind)
+            hot.meter.request(kind, "recorded", agent.machine, perf_counter() - started)
+            self.transport.close()  # recorded, not answered: the client's retry is a new request
         return True
 
     def _respond(self, written: asyncio.Future[bool], answering: _Answering, head: tuple[bytes, ...],
                  body: bytes, kind: str, machine: bool, started: float) -> None:  # fmt: skip
-        try:
-            self._write_response(written, answering, head, body, kind, machine, started)
-        except Exception:  # the event is recorded; the client will retry on a closed connection
-            log.exception("could not send a tracked response")
-            self.transport.close()
-
-    def _write_response(self, written: asyncio.Future[bool], answering: _Answering, head: tuple[bytes, ...],
-                        body: bytes, kind: str, machine: bool, started: float) -> None:  # fmt: skip
         hot: HotPath = self.app  # type: ignore[assignment]
         ok = not written.cancelled() and written.exception() is None and written.result()
-        if not ok:
-            hot.metrics.dropped_error.inc()  # answered all the same, as on the ASGI path
+        try:
+            if not ok:
+                hot.metrics.dropped_error.inc()  # answered all the same, as on the ASGI path
+            self._send(answering, head, body)
+        except Exception:
+            hot.unexpected(kind)
+            self.transport.close()
+        finally:
+            hot.meter.request(kind, "recorded" if ok else "dropped", machine, perf_counter() - started)
+
+    def _send(self, answering: _Answering, head: tuple[bytes, ...], body: bytes) -> None:
         transport = self.transport
         if not transport.is_closing():
             # uvicorn's default headers (date, server if enabled) are read now: they change
@@ -140,8 +164,6 @@ class TrackingProtocol(HttpToolsProtocol):
             parts += (b"\r\n", body)
             transport.write(b"".join(parts))
         answering.response_complete = True
-        answering.message_event.set()
-        hot.meter.request(kind, "recorded" if ok else "dropped", machine, perf_counter() - started)
         if not answering.keep_alive:
             transport.close()
         self.on_response_complete()

@@ -180,14 +180,45 @@ class FakeTransport(asyncio.Transport):
         pass
 
 
-async def test_a_tracked_request_skips_the_asgi_cycle_and_waits_for_its_journal_write() -> None:
-    hot, _, journal = hot_path()
-    config = uvicorn.Config(hot, http=TrackingProtocol, log_level="warning", lifespan="off", proxy_headers=False)
+def connected(hot: object, **options: object) -> tuple[TrackingProtocol, ServerState, FakeTransport]:
+    """The protocol on a fake connection, configured as `trackd serve` configures uvicorn."""
+    settings: dict[str, object] = {"proxy_headers": False, "access_log": False, **options}
+    config = uvicorn.Config(hot, http=TrackingProtocol, log_level="warning", lifespan="off", **settings)  # type: ignore[arg-type]
     config.load()
     state = ServerState()
     protocol = TrackingProtocol(config=config, server_state=state, app_state={})
     transport = FakeTransport()
     protocol.connection_made(transport)
+    return protocol, state, transport
+
+
+async def test_requests_this_path_must_not_take_go_to_uvicorn() -> None:
+    """With access logging on, or a client that does not read its answers, uvicorn's own send()
+    has work to do (log the line, wait for the buffer to drain); a malformed target gets
+    uvicorn's 400, without a traceback in the log."""
+    token = RING.sign_click("c", "r", 0, "https://shop.example/sale")
+    click = f"GET /c/{token} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    hot, _, _ = hot_path()
+    protocol, state, _ = connected(hot, access_log=True)
+    protocol.data_received(click)
+    assert len(state.tasks) == 1
+    await asyncio.gather(*state.tasks)
+    protocol, state, _ = connected(hot)
+    protocol.pause_writing()
+    protocol.data_received(click)
+    assert len(state.tasks) == 1
+    protocol.resume_writing()
+    await asyncio.gather(*state.tasks)
+    protocol, state, transport = connected(hot)
+    protocol.data_received(b"GET http://h:99999999/c/x HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert transport.written.startswith(b"HTTP/1.1 400") and not state.tasks
+    await asyncio.sleep(0.01)
+    assert hot.metrics.registry.get_sample_value("trackd_hot_path_errors_total", {"kind": "click"}) == 0
+
+
+async def test_a_tracked_request_skips_the_asgi_cycle_and_waits_for_its_journal_write() -> None:
+    hot, _, journal = hot_path()
+    protocol, state, transport = connected(hot)
     written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     journal.append = lambda row, us: (journal.rows.append(row), written)[1]  # type: ignore[method-assign]
     token = RING.sign_click("c", "r", 0, "https://shop.example/sale")
