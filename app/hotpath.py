@@ -84,6 +84,11 @@ _NO_STORE = (b"cache-control", b"no-store")
 _NO_BODY = (b"content-length", b"0")
 
 
+def redirect_headers() -> list[tuple[bytes, bytes]]:
+    """A click redirect's headers after its Location (app.protocol writes the same ones)."""
+    return [_NO_STORE, _NO_BODY]
+
+
 class HotPath:
     """ASGI app: `/c/` and `/o/` answered here, everything else passed to `app`."""
 

@@ -29,11 +29,17 @@ from time import perf_counter
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from app.hotpath import PIXEL_GIF, HotPath, pixel_headers
+from app.hotpath import PIXEL_GIF, HotPath, pixel_headers, redirect_headers
 from app.tokens import KIND_CLICK, KIND_OPEN
 
-_PIXEL_HEAD = STATUS_LINE[200], b"".join(name + b": " + value + b"\r\n" for name, value in pixel_headers())
-_CLICK_TAIL = b"\r\ncache-control: no-store\r\ncontent-length: 0\r\n"
+
+def _lines(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+
+
+# The response heads, made once from the ASGI path's own headers.
+_PIXEL_HEAD = STATUS_LINE[200], _lines(pixel_headers())
+_CLICK_TAIL = b"\r\n" + _lines(redirect_headers())
 _CLOSE = b"connection: close\r\n"
 
 
