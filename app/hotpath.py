@@ -9,8 +9,8 @@ goes to the wrapped app.
 
 It is one coroutine on purpose: each extra layer of `await` costs about a microsecond per
 request, measured (docs/benchmarks.md). Under `trackd serve` most tracked requests do not reach
-it at all: app.protocol answers them from uvicorn's parser callbacks through `record()`, and
-leaves the rest (bad tokens, a full journal, other methods, ...) to this ASGI path.
+it at all: app.protocol answers them from uvicorn's parser callbacks through `answer()`, and
+leaves the rest (other methods, percent escapes, ...) to this ASGI path.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import asyncio
 import base64
 import logging
 from time import perf_counter, time_ns
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from app.copyrows import AgentFields, RowEncoder
+from app.copyrows import RowEncoder
 from app.events import EventIds
 from app.metrics import HotPathMeter, Metrics
 from app.tokens import KIND_CLICK, KIND_OPEN, KeyRing
@@ -79,6 +79,13 @@ _NOT_FOUND_START = _start(
     ],
 )
 _NOT_FOUND_BODY = _body(_NOT_FOUND_TEXT)
+
+
+def not_found() -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """A click with a bad token and no fallback URL: 404, its headers and text."""
+    return list(_NOT_FOUND_START["headers"]), _NOT_FOUND_TEXT
+
+
 _METHOD_START = _start(405, [(b"allow", b"GET, HEAD"), (b"content-length", b"0"), (b"cache-control", b"no-store")])
 _NO_STORE = (b"cache-control", b"no-store")
 _NO_BODY = (b"content-length", b"0")
@@ -87,6 +94,18 @@ _NO_BODY = (b"content-length", b"0")
 def redirect_headers() -> list[tuple[bytes, bytes]]:
     """A click redirect's headers after its Location (app.protocol writes the same ones)."""
     return [_NO_STORE, _NO_BODY]
+
+
+class Answer(NamedTuple):
+    """What a tracked request gets, decided once (HotPath.answer) and sent by the ASGI path or by
+    app.protocol: for a click, a redirect to `location`, or 404 when it is None; for an open,
+    the pixel."""
+
+    kind: str  # "click" or "open"
+    location: bytes | None
+    written: asyncio.Future[bool] | None  # the journal write to wait for before answering
+    outcome: str  # "recorded" (if the write succeeds), "dropped" or "bad_token"
+    machine: bool
 
 
 class HotPath:
@@ -115,11 +134,7 @@ class HotPath:
         self.ua_max = user_agent_max_bytes
         self.capture_xff = capture_forwarded_for
         self._error_logged = False
-        self._fallback_start = (
-            None
-            if fallback_url is None
-            else _start(302, [(b"location", fallback_url.encode("ascii")), _NO_STORE, _NO_BODY])
-        )
+        self._fallback = None if fallback_url is None else fallback_url.encode("ascii")
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -143,33 +158,23 @@ class HotPath:
         outcome = ""
         machine = False
         try:
-            payload = self.keyring.verify(token, KIND_CLICK if click else KIND_OPEN)
             client = scope.get("client")  # optional in ASGI
-            agent, location, written = self.record(
-                kind, method == "HEAD", payload, scope["headers"], client[0] if client else None
-            )
-            machine = agent.machine
-            if payload is None:
-                outcome = "bad_token"
-                if click:
-                    await send(self._fallback_start or _NOT_FOUND_START)
-                    await send(_EMPTY_BODY if self._fallback_start else _NOT_FOUND_BODY)
-            else:
-                if written is None:
-                    outcome = "dropped"
-                    self.metrics.dropped_full.inc()
-                elif await asyncio.shield(written):  # shared by the tick: one cancelled request must not cancel it
-                    outcome = "recorded"
-                else:
-                    outcome = "dropped"
-                    self.metrics.dropped_error.inc()
-                if click:
-                    await send({"type": "http.response.start", "status": 302,
-                                "headers": [(b"location", location), _NO_STORE, _NO_BODY]})  # fmt: skip
-                    await send(_EMPTY_BODY)
-            if not click:  # a bad token still gets the image: a broken image in the mail helps nobody
+            answer = self.answer(kind, method == "HEAD", token, scope["headers"], client[0] if client else None)
+            machine = answer.machine
+            outcome = answer.outcome
+            if answer.written is not None and not await asyncio.shield(answer.written):  # shared by the tick
+                outcome = "dropped"
+                self.metrics.dropped_error.inc()  # answered all the same
+            if not click:
                 await send(_PIXEL_START)
                 await send(_PIXEL_BODY)
+            elif answer.location is None:
+                await send(_NOT_FOUND_START)
+                await send(_NOT_FOUND_BODY)
+            else:
+                await send({"type": "http.response.start", "status": 302,
+                            "headers": [(b"location", answer.location), _NO_STORE, _NO_BODY]})  # fmt: skip
+                await send(_EMPTY_BODY)
         except BaseException as exc:
             if outcome:  # the event's fate was settled (recorded or not); only the answer failed
                 self.meter.request(kind, outcome, machine, perf_counter() - started)
@@ -186,13 +191,12 @@ class HotPath:
             self._error_logged = True
             log.exception("unexpected error on the %s path (logged once)", kind)
 
-    def record(
-        self, kind: str, is_head: bool, payload: bytes | None, headers: list[tuple[bytes, bytes]], peer: str | None
-    ) -> tuple[AgentFields, bytes, asyncio.Future[bool] | None]:
-        """Classify the request and, for a verified `payload`, append its row to the journal.
-        Returns the agent, the Location (clicks) and the journal's future: None if nothing was
-        appended (a bad token, no journal yet, or no room). Shared by the ASGI path and
+    def answer(self, kind: str, is_head: bool, token: str, headers: list[tuple[bytes, bytes]],
+               peer: str | None) -> Answer:  # fmt: skip
+        """Verify the token, classify the request and append the event's row to the journal: what
+        the client gets, and which journal write it must wait for. Shared by the ASGI path and
         app.protocol, which answers the same requests below ASGI."""
+        payload = self.keyring.verify(token, KIND_CLICK if kind == "click" else KIND_OPEN)
         ua = xff = None
         for name, value in headers:
             if name == b"user-agent":
@@ -201,9 +205,10 @@ class HotPath:
                 xff = value
         rows = self.rows
         agent = rows.agent(kind, is_head, ua)
-        journal = self.journal
-        if payload is None or journal is None:
-            return agent, b"", None
+        if payload is None:
+            # A bad click goes to the fallback URL or gets a 404; a bad pixel still gets the
+            # image: a broken image in the mail helps nobody.
+            return Answer(kind, self._fallback, None, "bad_token", agent.machine)
         received_us = time_ns() // 1000
         id_hi, id_lo = self.ids.pair(received_us // 1000)
         client_field = rows.client(peer, xff)
@@ -211,4 +216,9 @@ class HotPath:
             row, location = rows.click_row(id_hi, id_lo, received_us, agent.fields, client_field, payload)
         else:
             row, location = rows.open_row(id_hi, id_lo, received_us, agent.fields, client_field, payload), b""
-        return agent, location, journal.append(row, received_us)
+        journal = self.journal
+        written = journal.append(row, received_us) if journal is not None else None
+        if written is None:
+            self.metrics.dropped_full.inc()  # no room (or no journal yet): answered, not recorded
+            return Answer(kind, location, None, "dropped", agent.machine)
+        return Answer(kind, location, written, "recorded", agent.machine)

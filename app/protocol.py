@@ -5,32 +5,33 @@ and two messages through `send()` that are checked header by header; for the two
 make up nearly all of trackd's traffic that machinery cost more than trackd's own work (side by
 side on this machine: ~31 against ~19 CPU µs per click, docs/benchmarks.md). This protocol is
 uvicorn's own `HttpToolsProtocol` with one change: when a request's headers are complete and it
-is a `GET` or `HEAD` of `/c/{token}` or `/o/{token}.gif` whose token verifies, it records the event
-through the same `HotPath.record` the ASGI path uses and, once the event-loop tick's journal
-write has returned, writes the response bytes itself — the same status, headers and body the ASGI
-path sends. Durability is unchanged: no response leaves before its event is written.
+is a `GET` or `HEAD` of `/c/{token}` or `/o/{token}.gif`, it lets `HotPath.answer` decide and
+record, and once the event-loop tick's journal write has returned writes the response bytes
+itself — the same status, headers and body the ASGI path sends. Durability is unchanged: no
+response leaves before its event is written.
 
-Everything else goes through uvicorn untouched, to the ASGI app: the API, the dashboard,
-`/metrics`, and the tracked requests this path leaves alone — a bad token (404, fallback
-redirect or the image, counted as such), a full journal, another method, a path with percent
-escapes, a request pipelined behind one still being answered, a WebSocket upgrade, and all of
-them while access logging is on (uvicorn's send() writes that line) or while the client is not
-reading its answers (uvicorn's send() waits for the buffer to drain). Once an event is recorded
-here it is answered here: an unexpected error then closes the connection (counted in
-`trackd_hot_path_errors_total`, logged once) rather than recording it a second time through
-the ASGI path.
+Every tracked GET or HEAD is decided by `HotPath.answer` — the same call the ASGI path makes —
+and answered here: a redirect, the pixel, a bad click's 404 or fallback redirect, an answer
+when the journal had no room. Everything else goes through uvicorn untouched, to the ASGI app:
+the API, the dashboard, `/metrics`, other methods, a path with percent escapes, a request
+pipelined behind one still being answered, a WebSocket upgrade, and tracked requests while
+access logging is on (uvicorn's send() writes that line) or while the client is not reading its
+answers (uvicorn's send() waits for the buffer to drain). Once `answer()` has run, the request
+is answered here: an unexpected error then closes the connection (counted in
+`trackd_hot_path_errors_total`, logged once) rather than recording its event a second time
+through the ASGI path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from time import perf_counter
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from app.hotpath import PIXEL_GIF, HotPath, pixel_headers, redirect_headers
-from app.tokens import KIND_CLICK, KIND_OPEN
+from app.hotpath import PIXEL_GIF, Answer, HotPath, not_found, pixel_headers, redirect_headers
 
 
 def _lines(headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -39,6 +40,8 @@ def _lines(headers: list[tuple[bytes, bytes]]) -> bytes:
 
 # The response heads, made once from the ASGI path's own headers.
 _PIXEL_HEAD = STATUS_LINE[200], _lines(pixel_headers())
+_NOT_FOUND_HEAD = STATUS_LINE[404], _lines(not_found()[0])
+_NOT_FOUND_TEXT = not_found()[1]
 _CLICK_TAIL = b"\r\n" + _lines(redirect_headers())
 _CLOSE = b"connection: close\r\n"
 
@@ -101,62 +104,58 @@ class TrackingProtocol(HttpToolsProtocol):
             return False
         if path.startswith(b"/c/"):
             kind, token = "click", path[3:]
-        elif path.startswith(b"/o/") and path.endswith(b".gif"):
-            kind, token = "open", path[3:-4]
+        elif path.startswith(b"/o/"):
+            kind, token = "open", (path[3:-4] if path.endswith(b".gif") else b"")
         else:
             return False
         if b"%" in token:
             return False  # escapes: uvicorn unquotes them for the ASGI path
+        started = perf_counter()
+        is_head = method == b"HEAD"
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
         try:
-            return self._record(hot, kind, token, method == b"HEAD")
-        except Exception:  # raised before anything was appended (record() appends last)
+            answer = hot.answer(kind, is_head, token.decode("ascii", "replace"), self.headers,
+                                self.client[0] if self.client else None)  # fmt: skip
+        except Exception:  # raised before anything was appended (answer() appends last)
             hot.unexpected(kind)
             return False
-
-    def _record(self, hot: HotPath, kind: str, token: bytes, is_head: bool) -> bool:
-        started = perf_counter()
-        payload = hot.keyring.verify(token.decode("ascii", "replace"), KIND_CLICK if kind == "click" else KIND_OPEN)
-        if payload is None:
-            return False  # the ASGI path answers bad tokens (404, fallback, the image) and counts them
-        parser = self.parser
-        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
-        agent, location, written = hot.record(kind, is_head, payload, self.headers,
-                                              self.client[0] if self.client else None)  # fmt: skip
-        if written is None:
-            return False  # nothing appended: the ASGI path answers and counts it as dropped
-        # From here the event is in this tick's write: it is answered here, whatever happens.
+        # From here the request is answered here, whatever happens: its event may be recorded.
         try:
-            answering = _Answering(keep_alive)
-            if kind == "click":
-                head: tuple[bytes, ...] = (STATUS_LINE[302], b"location: " + location + _CLICK_TAIL)
-                body = b""
+            if kind == "open":
+                head, body = _PIXEL_HEAD, PIXEL_GIF
+            elif answer.location is None:
+                head, body = _NOT_FOUND_HEAD, _NOT_FOUND_TEXT
             else:
-                head = _PIXEL_HEAD
-                body = b"" if is_head else PIXEL_GIF
-            machine = agent.machine
-            written.add_done_callback(lambda done: self._respond(done, answering, head, body, kind, machine, started))
+                head, body = (STATUS_LINE[302], b"location: " + answer.location + _CLICK_TAIL), b""
+            answering = _Answering(keep_alive)
+            respond = functools.partial(self._respond, answering, head, b"" if is_head else body, answer, started)
+            if answer.written is None:
+                self.loop.call_soon(respond, None)  # nothing to wait for (a bad token, no room)
+            else:
+                answer.written.add_done_callback(respond)
             self.cycle = answering  # type: ignore[assignment]
         except Exception:
             hot.unexpected(kind)
-            hot.meter.request(kind, "recorded", agent.machine, perf_counter() - started)
-            self.transport.close()  # recorded, not answered: the client's retry is a new request
+            hot.meter.request(kind, answer.outcome, answer.machine, perf_counter() - started)
+            self.transport.close()  # perhaps recorded, not answered: the client's retry is a new request
         return True
 
-    def _respond(self, written: asyncio.Future[bool], answering: _Answering, head: tuple[bytes, ...],
-                 body: bytes, kind: str, machine: bool, started: float) -> None:  # fmt: skip
+    def _respond(self, answering: _Answering, head: tuple[bytes, bytes], body: bytes, answer: Answer,
+                 started: float, written: asyncio.Future[bool] | None) -> None:  # fmt: skip
         hot: HotPath = self.app  # type: ignore[assignment]
-        ok = not written.cancelled() and written.exception() is None and written.result()
+        outcome = answer.outcome
+        if written is not None and (written.cancelled() or written.exception() is not None or not written.result()):
+            outcome = "dropped"
+            hot.metrics.dropped_error.inc()  # answered all the same, as on the ASGI path
         try:
-            if not ok:
-                hot.metrics.dropped_error.inc()  # answered all the same, as on the ASGI path
             self._send(answering, head, body)
         except Exception:
-            hot.unexpected(kind)
+            hot.unexpected(answer.kind)
             self.transport.close()
         finally:
-            hot.meter.request(kind, "recorded" if ok else "dropped", machine, perf_counter() - started)
+            hot.meter.request(answer.kind, outcome, answer.machine, perf_counter() - started)
 
-    def _send(self, answering: _Answering, head: tuple[bytes, ...], body: bytes) -> None:
+    def _send(self, answering: _Answering, head: tuple[bytes, bytes], body: bytes) -> None:
         transport = self.transport
         if not transport.is_closing():
             # uvicorn's default headers (date, server if enabled) are read now: they change

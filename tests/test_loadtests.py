@@ -157,6 +157,8 @@ def test_bench_harness_end_to_end(tmp_path: Path) -> None:
             "cpu_s_per_million",
             "server_cpu_s_per_million",
             "bare_cpu_s_per_million",
+            "busy",
+            "bare_busy",
             "rss_mb",
         ):
             assert isinstance(s[key], float) and s[key] > 0, (kind, key, s[key])

@@ -230,8 +230,12 @@ async def test_a_tracked_request_skips_the_asgi_cycle_and_waits_for_its_journal_
     await asyncio.sleep(0)
     assert transport.written.startswith(b"HTTP/1.1 302 Found\r\n")
     assert b"\r\nlocation: https://shop.example/sale\r\n" in transport.written and not transport.closing
-    bad = f"GET /c/{token[:-2]}xx HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    bad = f"GET /c/{token[:-2]}xx HTTP/1.1\r\nHost: t\r\nUser-Agent: UA\r\n\r\n".encode()
     protocol.data_received(bad)
-    assert len(state.tasks) == 1  # a bad token goes to the ASGI path
-    await asyncio.gather(*state.tasks)
+    await asyncio.sleep(0)
+    assert not state.tasks and len(journal.rows) == 1  # answered here too, and not recorded
     assert transport.written.count(b"HTTP/1.1 ") == 2 and b"404 Not Found" in transport.written
+    assert transport.written.endswith(b"\r\n\r\nLink not found.\n")
+    recorded = {"kind": "click", "outcome": "bad_token", "machine": "false"}
+    hot.meter.flush()
+    assert hot.metrics.registry.get_sample_value("trackd_interactions_total", recorded) == 1
