@@ -137,6 +137,22 @@ class Metrics:
             __version__
         ).set(1)
 
+        # Hostile or broken clients (docs/reliability.md): counted as client events, never as
+        # hot-path errors, so an alert on trackd_hot_path_errors_total stays a bug signal.
+        self.client_events = Counter(
+            "trackd_client_events",
+            "Connections and requests ended by the client or refused for its behaviour, by reason "
+            "(disconnect, bad_request, target_too_long, headers_too_large, header_timeout, "
+            "pipeline_paused, connection_limit).",
+            ["reason"],
+            registry=r,
+        )
+        self.open_connections = Gauge(
+            "trackd_open_connections",
+            "HTTP connections open in this process.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         # Bound once: the hot path increments a ready child, no label lookup per request.
         self.outcome = {
             (kind, outcome, machine): self.interactions.labels(kind, outcome, "true" if machine else "false")

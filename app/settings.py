@@ -72,7 +72,34 @@ class Settings(BaseSettings):
     # load balancers stop sending first. Kubernetes' preStop sleep does the same job there.
     shutdown_delay_s: float = Field(default=0.0, ge=0)
 
-    @field_validator("database_url", "public_url", "fallback_url", mode="before")
+    # Hostile clients (docs/reliability.md lists each limit with its test). A request target or a
+    # header block past these is answered 414 / 431 and the connection closed at once.
+    max_request_target_bytes: int = Field(default=8 << 10, ge=256, le=1 << 20)
+    max_header_bytes: int = Field(default=32 << 10, ge=1024, le=1 << 22)
+    # A request head (request line and headers) must arrive within this, from its first byte or
+    # from the connection's start; otherwise the connection is closed.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    # Requests a connection may have queued behind the one being answered, and the bytes of
+    # unsent responses, before trackd stops reading from it until the client catches up.
+    max_pipelined_requests: int = Field(default=16, ge=1, le=10_000)
+    max_write_buffer_bytes: int = Field(default=256 << 10, ge=4096)
+    # Open HTTP connections one process accepts; past it new ones are closed at once (counted,
+    # logged once). Clamped below the process's file-descriptor limit.
+    max_connections: int = Field(default=10_000, ge=1)
+    # Events one token (one link of one recipient) and one client address may journal: a burst,
+    # then a steady rate per second. Past them requests are still answered, but the event is
+    # counted in trackd_events_dropped_total{reason="rate_token"|"rate_client"}, not journaled.
+    token_event_burst: int = Field(default=20, ge=1)
+    token_events_per_s: float = Field(default=0.2, gt=0)
+    client_event_burst: int = Field(default=2_000, ge=1)
+    client_events_per_s: float = Field(default=200.0, gt=0)
+    # /metrics: on the main port (default), on a port of its own, and/or behind a bearer key.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_key: str | None = None
+    # /docs and /openapi.json (the API's schema) can be switched off for public deployments.
+    docs_enabled: bool = True
+
+    @field_validator("database_url", "public_url", "fallback_url", "metrics_key", "metrics_port", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

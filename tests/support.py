@@ -56,6 +56,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Every test client comes from 127.0.0.1 and many replay one token: the per-token and per-address
+# event limits (docs/reliability.md) would drop the events those tests count. The tests of the
+# limits themselves pass their own values in `env`.
+UNLIMITED_RATES = {
+    "TRACKD_TOKEN_EVENT_BURST": "1000000000",
+    "TRACKD_TOKEN_EVENTS_PER_S": "1000000000",
+    "TRACKD_CLIENT_EVENT_BURST": "1000000000",
+    "TRACKD_CLIENT_EVENTS_PER_S": "1000000000",
+}
+
+
 class ServerProcess:
     """`trackd serve` in a child process, on loopback, with its own data directory."""
 
@@ -74,6 +85,7 @@ class ServerProcess:
             "TRACKD_SIGNING_KEYS": SIGNING_KEYS,
             "TRACKD_API_KEYS": API_KEY,
             "TRACKD_FLUSH_INTERVAL_MS": "50",
+            **UNLIMITED_RATES,
             **(env or {}),
         }
         self.workers = workers
