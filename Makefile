@@ -7,7 +7,7 @@ PIP    := $(BIN)/pip --disable-pip-version-check --no-input
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-fast lint deps-debian need-wrk constraints sizing clean \
-	bench bench-soak bench-growth bench-writer bench-profile loadtest
+	bench bench-soak bench-growth bench-writer bench-profile bench-hostile loadtest
 
 # Debian packages the tests drive, as command:package. Installed with apt-get when we are root;
 # otherwise make stops and names them. chromium: tests/test_dashboard.py; promtool (package
@@ -81,6 +81,10 @@ bench-soak: $(STAMP) need-wrk
 BENCH_GROWTH_ROWS ?= 10000000
 bench-growth: $(STAMP) need-wrk
 	BENCH_GROWTH_ROWS=$(BENCH_GROWTH_ROWS) BENCH_RUNS=$${BENCH_RUNS:-2} $(BIN)/python -m loadtests.bench
+
+# Clicks with and without hostile clients (non-reading pipeliners, slowloris, a 128 MB stream).
+bench-hostile: $(STAMP) need-wrk
+	$(BIN)/python -m loadtests.hostile
 
 bench-writer: $(STAMP)
 	$(BIN)/python -m loadtests.bench_writer

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
+import fcntl
 import logging
 import os
 import secrets
 import shutil
 import sys
 from pathlib import Path
+
+from pydantic import AliasChoices, ValidationError
 
 from app import sizing
 from app.settings import Settings
@@ -19,13 +23,86 @@ def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+class ConfigError(Exception):
+    """A setting trackd cannot run with: printed as one line, naming the variable."""
+
+
+def _env_name(field: str) -> str:
+    if field.isupper():  # pydantic reports an aliased field by the alias it was read from
+        return field
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices) and alias.choices and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return "TRACKD_" + field.upper()
+
+
+def _known_names() -> set[str]:
+    names = set()
+    for field, info in Settings.model_fields.items():
+        names.add("TRACKD_" + field.upper())
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(a for a in alias.choices if isinstance(a, str))
+    # Read by the command line itself, not by Settings.
+    names.add("TRACKD_LOG_LEVEL")
+    return names
+
+
+def _warn_unknown() -> None:
+    known = _known_names()
+    for name in sorted(os.environ):
+        if name.startswith("TRACKD_") and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            print(f"{name} is not a trackd setting{hint}; ignored", file=sys.stderr)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or ConfigError naming the first bad variable."""
+    _warn_unknown()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        name = _env_name(field)
+        message = message.removeprefix(f"{name}: ")
+        raise ConfigError(f"{name}: {message}") from None
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on the data directory for this process's life (released by the
+    kernel at exit): a second trackd on the same directory would share, and stop, its database."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "trackd.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(
+            f"TRACKD_DATA_DIR: {data_dir} is in use by another trackd process; give this one its own data directory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.set_inheritable(fd, True)
+    return fd
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.pgserver import EmbeddedPostgres
     from app.protocol import TrackingProtocol
 
-    settings = Settings()
+    settings = load_settings()
+    if settings.database_url is not None and not settings.signing_keys:
+        raise ConfigError(
+            "TRACKD_SIGNING_KEYS: must be set when DATABASE_URL is: without it each host signs with its own"
+            " random development key, and links signed by one are refused by the others (trackd keygen makes one)"
+        )
+    _lock_data_dir(settings.data_dir)
     host = args.host or settings.host
     port = args.port or settings.port
     os.environ["TRACKD_HOST"], os.environ["TRACKD_PORT"] = host, str(port)
@@ -70,7 +147,7 @@ def sign(args: argparse.Namespace) -> int:
     from app.tokens import SigningError
     from app.urls import InvalidURL
 
-    settings = Settings()
+    settings = load_settings()
     ring = build_keyring(settings)
     base = settings.base_url
     print(f"{base}/o/{ring.sign_open(args.campaign, args.recipient)}.gif")
@@ -89,8 +166,16 @@ def migrate_cmd(args: argparse.Namespace) -> int:
     from app.db import migrate
     from app.pgserver import EmbeddedPostgres
 
-    settings = Settings()
-    dsn = settings.database_url or EmbeddedPostgres(settings.data_dir / "pg").start()
+    settings = load_settings()
+    embedded = None
+    dsn = settings.database_url
+    if dsn is None:
+        _lock_data_dir(settings.data_dir)
+        embedded = EmbeddedPostgres(settings.data_dir / "pg")
+        was_running = embedded.is_running()
+        dsn = embedded.start()
+        if was_running:
+            embedded = None  # not ours to stop
 
     async def run() -> list[str]:
         conn = await asyncpg.connect(dsn)
@@ -99,7 +184,11 @@ def migrate_cmd(args: argparse.Namespace) -> int:
         finally:
             await conn.close()
 
-    applied = asyncio.run(run())
+    try:
+        applied = asyncio.run(run())
+    finally:
+        if embedded is not None:
+            embedded.stop()
     print("applied: " + (", ".join(applied) or "nothing (up to date)"))
     return 0
 
@@ -160,7 +249,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     _logging(args.log_level)
-    return args.func(args)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 78  # EX_CONFIG
+    return result
 
 
 if __name__ == "__main__":

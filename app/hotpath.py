@@ -10,7 +10,8 @@ goes to the wrapped app.
 It is one coroutine on purpose: each extra layer of `await` costs about a microsecond per
 request, measured (docs/benchmarks.md). Under `trackd serve` most tracked requests do not reach
 it at all: app.protocol answers them from uvicorn's parser callbacks through `answer()`, and
-leaves the rest (other methods, percent escapes, ...) to this ASGI path.
+leaves the rest (other methods, pipelined requests, ...) to this ASGI path. A query string on
+a tracked path is ignored; a '%' in its path makes it a bad token (one spelling per token).
 """
 
 from __future__ import annotations
@@ -18,15 +19,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
+import struct
 from time import perf_counter, time_ns
 from typing import Any, NamedTuple, Protocol
 
 from app.copyrows import RowEncoder
 from app.events import EventIds
 from app.metrics import HotPathMeter, Metrics
+from app.ratelimit import Buckets
 from app.tokens import KIND_CLICK, KIND_OPEN, KeyRing
 
 log = logging.getLogger("trackd.hotpath")
+
+# A signed Location with a control byte (CR, LF, NUL, ... DEL) or a non-ASCII byte would split
+# or corrupt the response head on app.protocol's path: such a click is a bad token (finding L1).
+_UNSAFE_LOCATION = re.compile(rb"[\x00-\x1f\x7f-\xff]")
 
 Scope = dict[str, Any]
 
@@ -96,6 +104,10 @@ def redirect_headers() -> list[tuple[bytes, bytes]]:
     return [_NO_STORE, _NO_BODY]
 
 
+# A client field of NULL (TRACKD_IP_MODE=drop): the limit then keys on the peer address.
+_NULL_FIELD = b"\xff\xff\xff\xff"
+
+
 class Answer(NamedTuple):
     """What a tracked request gets, decided once (HotPath.answer) and sent by the ASGI path or by
     app.protocol: for a click, a redirect to `location`, or 404 when it is None; for an open,
@@ -122,6 +134,8 @@ class HotPath:
         user_agent_max_bytes: int,
         capture_forwarded_for: bool,
         fallback_url: str | None,
+        token_rate: Buckets | None = None,
+        client_rate: Buckets | None = None,
     ) -> None:
         self.app = app
         self.keyring = keyring
@@ -135,6 +149,10 @@ class HotPath:
         self.capture_xff = capture_forwarded_for
         self._error_logged = False
         self._fallback = None if fallback_url is None else fallback_url.encode("ascii")
+        # Per-token and per-client-address event limits; without them (tests of this class), none.
+        unlimited = Buckets(1 << 62, 1e18, max_entries=1)
+        self.token_rate = unlimited if token_rate is None else token_rate  # (an empty Buckets is falsy)
+        self.client_rate = unlimited if client_rate is None else client_rate
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -148,6 +166,8 @@ class HotPath:
             token = path[3:-4] if path.endswith(".gif") else ""
         else:
             return await self.app(scope, receive, send)
+        if b"%" in scope.get("raw_path", b""):
+            token = ""  # one spelling per token on the wire: an escaped one is a bad token (L5)
         started = perf_counter()
         method = scope["method"]
         if method != "GET" and method != "HEAD":
@@ -178,6 +198,11 @@ class HotPath:
         except BaseException as exc:
             if outcome:  # the event's fate was settled (recorded or not); only the answer failed
                 self.meter.request(kind, outcome, machine, perf_counter() - started)
+            if outcome and isinstance(exc, RuntimeError) and "closed" in str(exc):
+                # uvicorn's send() wrote to a transport the client (or a 400) already closed:
+                # a client event, not a hot-path fault (uvloop raises before connection_lost).
+                self.metrics.client_events.labels("disconnect").inc()
+                return
             if isinstance(exc, Exception):
                 self.unexpected(kind)  # uvicorn answers 500 if no response started
             raise  # a cancellation too (shutdown): counted above if its event was settled
@@ -212,10 +237,25 @@ class HotPath:
         received_us = time_ns() // 1000
         id_hi, id_lo = self.ids.pair(received_us // 1000)
         client_field = rows.client(peer, xff)
-        if kind == "click":
-            row, location = rows.click_row(id_hi, id_lo, received_us, agent.fields, client_field, payload)
-        else:
-            row, location = rows.open_row(id_hi, id_lo, received_us, agent.fields, client_field, payload), b""
+        try:
+            if kind == "click":
+                row, location = rows.click_row(id_hi, id_lo, received_us, agent.fields, client_field, payload)
+            else:
+                row, location = rows.open_row(id_hi, id_lo, received_us, agent.fields, client_field, payload), b""
+        except (IndexError, struct.error, UnicodeError):
+            # Signed but not decodable (a length byte overrunning the payload): a bad token (L8).
+            return Answer(kind, self._fallback, None, "bad_token", agent.machine)
+        if kind == "click" and _UNSAFE_LOCATION.search(location) is not None:
+            return Answer(kind, self._fallback, None, "bad_token", agent.machine)  # L1
+        # One link, or one address, cannot fill the journal (docs/reliability.md): past their
+        # burst and rate its events are answered and counted, not kept.
+        now = received_us * 1e-6
+        if not self.token_rate.take(token, now):
+            self.metrics.dropped_rate_token.inc()
+            return Answer(kind, location, None, "dropped", agent.machine)
+        if not self.client_rate.take(client_field if client_field != _NULL_FIELD else peer, now):
+            self.metrics.dropped_rate_client.inc()
+            return Answer(kind, location, None, "dropped", agent.machine)
         journal = self.journal
         written = journal.append(row, received_us) if journal is not None else None
         if written is None:

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import __version__, dashboard
+from app import __version__, dashboard, metrics_server
 from app.api import APIError, ASCIIJSONResponse, ops, v1
 from app.copyrows import RowEncoder
 from app.db import create_pool, migrate
@@ -30,6 +30,7 @@ from app.journal import Journal
 from app.limits import BodySizeLimit
 from app.metrics import HotPathMeter, Metrics
 from app.pgserver import EmbeddedPostgres
+from app.ratelimit import Buckets
 from app.services import Services
 from app.settings import Settings
 from app.tokens import KeyRing, load_or_create_dev_key
@@ -150,6 +151,9 @@ def create_app(settings: Settings | None = None) -> HotPath:
         hot.journal = journal
         schema_task = asyncio.create_task(_prepare_schema(svc), name="trackd-schema")
         every_second = asyncio.create_task(_every_second(svc), name="trackd-every-second")
+        metrics_listener = None
+        if settings.metrics_port is not None:
+            metrics_listener = await metrics_server.start(svc, settings.host, settings.metrics_port)
         _announce_shutdown_on_sigterm(svc, settings.shutdown_delay_s)
         _tune_gc()
         try:
@@ -157,6 +161,8 @@ def create_app(settings: Settings | None = None) -> HotPath:
         finally:
             svc.shutting_down = True
             metrics.ready.set(0)
+            if metrics_listener is not None:
+                metrics_listener.close()
             for task in (schema_task, every_second):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -178,7 +184,9 @@ def create_app(settings: Settings | None = None) -> HotPath:
         title="trackd",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs",
+        # TRACKD_DOCS_ENABLED=false: no /docs and no /openapi.json (the API's schema) in public.
+        docs_url="/docs" if settings.docs_enabled else None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
         redoc_url=None,
     )
     api.include_router(v1)
@@ -224,6 +232,8 @@ def create_app(settings: Settings | None = None) -> HotPath:
         user_agent_max_bytes=settings.user_agent_max_bytes,
         capture_forwarded_for=bool(settings.trusted_proxies),
         fallback_url=to_location(settings.fallback_url) if settings.fallback_url else None,
+        token_rate=Buckets(settings.token_event_burst, settings.token_events_per_s),
+        client_rate=Buckets(settings.client_event_burst, settings.client_events_per_s),
     )
     return hot
 

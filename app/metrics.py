@@ -166,6 +166,8 @@ class Metrics:
         self.journal_damaged_torn = self.journal_damaged.labels("torn_tail")
         self.dropped_full = self.events_dropped.labels("journal_full")
         self.dropped_error = self.events_dropped.labels("journal_write_error")
+        self.dropped_rate_token = self.events_dropped.labels("rate_token")
+        self.dropped_rate_client = self.events_dropped.labels("rate_client")
 
     def exposition(self) -> bytes:
         if self.multiprocess_dir is None:

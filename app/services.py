@@ -28,5 +28,8 @@ class Services:
 
     @property
     def ready(self) -> bool:
-        """Whether this instance should get traffic: set up, not stopping, able to record."""
-        return self.schema_ready and not self.shutting_down and not self.journal.full
+        """Whether this instance should get traffic: set up and not stopping. Not whether its
+        journal is full: every pod's journal fills in the same database outage, and one client
+        must not be able to take a pod out of the Service (docs/reliability.md). A full journal
+        is reported in /readyz's body and by trackd_events_dropped_total{reason="journal_full"}."""
+        return self.schema_ready and not self.shutting_down

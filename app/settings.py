@@ -6,6 +6,7 @@ import ipaddress
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -29,6 +30,30 @@ def _split_csv(value: object) -> object:
     return value
 
 
+def check_dsn(dsn: str) -> None:
+    """Raise ValueError for a DSN asyncpg could never connect with (parsed the way it does)."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError("must be a postgresql://user:password@host:port/database URL")
+    try:
+        # asyncpg has no public DSN parser; this is the one its connect() uses.
+        from asyncpg.connect_utils import _parse_connect_dsn_and_args  # type: ignore[attr-defined]
+
+        _parse_connect_dsn_and_args(
+            dsn=dsn, host=None, port=None, user=None, password=None, passfile=None, database=None,
+            ssl=None, direct_tls=None, server_settings=None, target_session_attrs=None,
+            krbsrvname=None, gsslib=None, service=None, servicefile=None,
+        )  # fmt: skip
+    except TypeError:
+        # Another asyncpg signature: fall back to checking the port ourselves.
+        try:
+            parts.port  # noqa: B018
+        except ValueError as exc:
+            raise ValueError(f"invalid port: {exc}") from None
+    except Exception as exc:
+        raise ValueError(f"not a usable PostgreSQL DSN: {exc}") from None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRACKD_", extra="ignore", frozen=True)
 
@@ -40,7 +65,7 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "TRACKD_PROMETHEUS_MULTIPROC_DIR")
     )
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=1, le=65535)
     public_url: str | None = None
 
     # "kid:secret,kid:secret" - the first key signs, every key verifies.
@@ -58,7 +83,7 @@ class Settings(BaseSettings):
     batch_max_rows: int = Field(default=5000, ge=1)
     flush_interval_ms: int = Field(default=100, ge=1)
     # The journal: where, how large it may grow while PostgreSQL cannot take events (past this,
-    # events are answered but counted as dropped and /readyz turns 503), and how it is synced.
+    # events are answered but counted as dropped; /readyz reports it), and how it is synced.
     journal_dir: Path | None = None  # default: {data_dir}/journal
     journal_max_bytes: int = Field(default=1 << 30, ge=4096)
     journal_segment_bytes: int = Field(default=16 << 20, ge=4096)
@@ -127,6 +152,39 @@ class Settings(BaseSettings):
             except InvalidURL as exc:
                 raise ValueError(f"TRACKD_FALLBACK_URL: {exc}") from None
         return value or None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, value: str | None) -> str | None:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    f"must be an absolute http(s) URL with a host (got {value!r})"
+                )
+        return value or None
+
+    @field_validator("database_url")
+    @classmethod
+    def _dsn(cls, value: str | None) -> str | None:
+        if value:
+            check_dsn(value)
+        return value or None
+
+    @field_validator("signing_keys")
+    @classmethod
+    def _keys(cls, value: list[str]) -> list[str]:
+        from app.tokens import SigningKey
+
+        for spec in value:
+            try:
+                SigningKey.parse(spec)
+            except Exception as exc:
+                kid = spec.partition(":")[0]
+                raise ValueError(
+                    f"key {kid!r}: {exc} (expected kid:secret,...)"
+                ) from None
+        return value
 
     @property
     def journal_root(self) -> Path:

@@ -14,7 +14,8 @@ import idna
 
 MAX_URL_LENGTH = 2048
 
-_SCHEME = re.compile(r"^(https?)://", re.IGNORECASE)
+# re.ASCII: without it, case folding lets "http\u017f://" (LONG S) match "https://".
+_SCHEME = re.compile(r"^(https?)://", re.IGNORECASE | re.ASCII)
 # C0 and C1 controls, DEL, backslashes and lone surrogates: header injection, parser
 # differentials between browsers, and text that cannot be encoded. Never signed.
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\\\\\ud800-\udfff]")
@@ -87,4 +88,7 @@ def to_location(url: object) -> str:
     location = url[: scheme.end()] + authority + tail
     if len(location) > 4 * MAX_URL_LENGTH:
         raise InvalidURL("too long once converted to its URI form")
+    if not location.isascii() or _NEEDS_QUOTING.search(location):
+        # The contract is a header-safe ASCII URI; anything else is refused, never passed on.
+        raise InvalidURL("cannot be converted to an ASCII URI")
     return location

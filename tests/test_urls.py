@@ -57,3 +57,25 @@ def test_api_names_the_refused_link(api: httpx.Client, label: str, value: object
     else:  # not a string at all: the schema error points at links[1]
         assert answer["error"] == "invalid_request"
         assert answer["detail"][0]["loc"][:3] == ["body", "links", 1]
+
+
+@pytest.mark.parametrize("url", ["http\u017f://evil.com/", "HTTP\u017f://x/", "\u0127ttps://x/", "https\u212a://x/"])
+def test_lookalike_scheme_refused(url: str) -> None:
+    with pytest.raises(InvalidURL):
+        to_location(url)
+
+
+def test_any_string_gives_ascii_uri_or_invalid_url() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=2000, deadline=None)
+    @given(st.one_of(st.text(), st.text().map(lambda t: "https://" + t), st.text().map(lambda t: "http" + t)))
+    def check(text: str) -> None:
+        try:
+            location = to_location(text)
+        except InvalidURL:
+            return
+        assert location.isascii() and all(0x21 <= ord(c) <= 0x7E for c in location)
+
+    check()

@@ -1,0 +1,213 @@
+"""Hostile clients against a real `trackd serve` (docs/reliability.md, findings H1, H2, M1, M2,
+L9 of the hostile-clients review): every limit of app.protocol, spoken to over raw sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil  # type: ignore[import-untyped, unused-ignore]
+import pytest
+
+from app.tokens import KeyRing
+from tests.support import SIGNING_KEYS, ServerProcess, metric
+
+pytestmark = pytest.mark.e2e
+
+RING = KeyRing.from_specs(SIGNING_KEYS.split(","))
+CLICK = f"/c/{RING.sign_click('hostile', 'r-1', 0, 'https://shop.example.com/p')}"
+MAX_CONNECTIONS = 20
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[ServerProcess]:
+    env = {"TRACKD_HEADER_TIMEOUT_S": "1", "TRACKD_MAX_CONNECTIONS": str(MAX_CONNECTIONS)}
+    srv = ServerProcess(Path(tmp_path_factory.mktemp("hostile")), database_url, env=env).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def request(path: str = CLICK, version: str = "1.1", host: str = "Host: t.example\r\n", extra: str = "") -> bytes:
+    return f"GET {path} HTTP/{version}\r\n{host}User-Agent: Mozilla/5.0 (X11)\r\n{extra}\r\n".encode()
+
+
+def connect(server: ServerProcess, timeout: float = 5) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 5) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    with contextlib.suppress(ConnectionError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
+
+
+def click_ms(server: ServerProcess) -> float:
+    started = time.perf_counter()
+    response = httpx.get(server.base_url + CLICK, timeout=10)
+    assert response.status_code == 302
+    return (time.perf_counter() - started) * 1000
+
+
+def client_events(server: ServerProcess, reason: str) -> float:
+    try:
+        return metric(server.base_url, "trackd_client_events_total", {"reason": reason})
+    except KeyError:
+        return 0.0
+
+
+def hot_errors(server: ServerProcess) -> float:
+    try:
+        return metric(server.base_url, "trackd_hot_path_errors_total")
+    except KeyError:
+        return 0.0
+
+
+def test_pipelining_clients_that_never_read_stay_bounded_in_memory(hostile: ServerProcess) -> None:
+    """H1: 4 connections with a tiny receive buffer pipeline clicks and never read."""
+    assert hostile.proc is not None
+    proc = psutil.Process(hostile.proc.pid)
+    click_ms(hostile)
+    rss_before = proc.memory_info().rss
+    burst = request() * 2000
+    stop = time.monotonic() + 12
+    peak = rss_before
+
+    def flood() -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", hostile.port))
+        sock.settimeout(0.2)
+        with contextlib.suppress(OSError), sock:
+            while time.monotonic() < stop:
+                with contextlib.suppress(TimeoutError):
+                    sock.send(burst)
+
+    threads = [threading.Thread(target=flood) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    latencies = []
+    while time.monotonic() < stop:
+        latencies.append(click_ms(hostile))
+        peak = max(peak, proc.memory_info().rss)
+        time.sleep(0.2)
+    for thread in threads:
+        thread.join()
+    assert (peak - rss_before) < 64 << 20, f"RSS grew by {(peak - rss_before) >> 20} MB"
+    assert max(latencies) < 1000, latencies
+    # Reading stopped (pipeline_paused), or a head left half-read while paused timed out.
+    assert client_events(hostile, "pipeline_paused") + client_events(hostile, "header_timeout") >= 1
+
+
+@pytest.mark.parametrize(("prefix", "status"), [(f"GET {CLICK}?", 414), (f"GET {CLICK} HTTP/1.1\r\nX-Big: ", 431)])
+def test_an_endless_target_or_header_is_refused_in_linear_time(hostile: ServerProcess, prefix: str,
+                                                                status: int) -> None:  # fmt: skip
+    """H2: 32 MB streamed in 64 KB writes: refused early, the server's CPU stays low."""
+    assert hostile.proc is not None
+    proc = psutil.Process(hostile.proc.pid)
+    cpu = proc.cpu_times()
+    sock = connect(hostile)
+    chunk = b"a" * 65536
+    with contextlib.suppress(OSError):
+        sock.sendall(prefix.encode())
+        for _ in range(512):
+            sock.sendall(chunk)
+    answer = read_until_closed(sock)
+    sock.close()
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:100]
+    used = sum(proc.cpu_times()[:2]) - sum(cpu[:2])
+    assert used < 1.0, used
+    assert click_ms(hostile) < 500
+
+
+def test_a_1mb_header_on_a_click_gets_431(hostile: ServerProcess) -> None:
+    sock = connect(hostile)
+    with contextlib.suppress(OSError):
+        sock.sendall(request(extra="X-Big: " + "a" * (1 << 20) + "\r\n"))
+    assert read_until_closed(sock).startswith(b"HTTP/1.1 431 ")
+    sock.close()
+
+
+def test_silent_and_half_sent_requests_are_closed_after_the_head_timeout(hostile: ServerProcess) -> None:
+    """M1: TRACKD_HEADER_TIMEOUT_S=1 in this server."""
+    before = client_events(hostile, "header_timeout")
+    silent = connect(hostile)
+    half = connect(hostile)
+    half.sendall(b"GET /c/AAAA HTTP/1.1\r\nHost: x\r\n")
+    after_click = connect(hostile)
+    after_click.sendall(request())
+    time.sleep(0.3)
+    after_click.sendall(b"GET /healthz HTTP/1.1\r\n")  # a second request's head, never finished
+    assert closed_within(silent, 4) and closed_within(half, 4) and closed_within(after_click, 4)
+    for sock in (silent, half, after_click):
+        sock.close()
+    assert client_events(hostile, "header_timeout") >= before + 3
+
+
+def test_connections_past_the_cap_are_closed_counted_and_logged_once(hostile: ServerProcess) -> None:
+    before = client_events(hostile, "connection_limit")
+    log_before = hostile.log().count("connection limit reached")
+    idle = [connect(hostile) for _ in range(MAX_CONNECTIONS)]
+    time.sleep(0.2)
+    refused = [connect(hostile) for _ in range(3)]
+    for sock in refused:
+        assert closed_within(sock, 2)
+        sock.close()
+    for sock in idle:
+        sock.close()
+    time.sleep(0.3)
+    assert click_ms(hostile) < 500  # answered again once the idle ones are gone
+    assert client_events(hostile, "connection_limit") >= before + 3
+    assert hostile.log().count("connection limit reached") == log_before + 1
+
+
+def test_a_client_breaking_its_connection_is_not_a_hot_path_error(hostile: ServerProcess) -> None:
+    """M2: pipelined clicks, then garbage on the same connection, 5 times."""
+    errors = hot_errors(hostile)
+    bad = client_events(hostile, "bad_request")
+    for _ in range(5):
+        sock = connect(hostile)
+        sock.sendall(request() * 20)
+        time.sleep(0.0005)
+        with contextlib.suppress(OSError):
+            sock.sendall(b"NOT HTTP\x01\r\n\r\n")
+        read_until_closed(sock)
+        sock.close()
+    time.sleep(0.5)
+    assert hot_errors(hostile) == errors
+    assert client_events(hostile, "bad_request") >= bad + 5
+    assert "Traceback" not in hostile.log()
+
+
+def test_http_1_1_needs_exactly_one_host(hostile: ServerProcess) -> None:
+    """L9: no Host, or two, is 400 for HTTP/1.1; HTTP/1.0 without Host is still answered."""
+    for head in (request(host=""), request(host="Host: a\r\nHost: b\r\n"), request("/healthz", host="")):
+        sock = connect(hostile)
+        sock.sendall(head)
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 400 ")
+        sock.close()
+    sock = connect(hostile)
+    sock.sendall(request(version="1.0", host=""))
+    assert read_until_closed(sock).startswith(b"HTTP/1.1 302 ")
+    sock.close()
