@@ -19,9 +19,15 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	touch $@ $(RUN_STAMP)
+
+# `make run` installs only what serving needs (no test stack: ~600 MB less).
+RUN_STAMP := $(VENV)/.installed-run
+$(RUN_STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install --quiet -c constraints.txt -e .
 	touch $@
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/trackd serve
 
 deps-debian:
