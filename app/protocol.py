@@ -321,15 +321,18 @@ class TrackingProtocol(HttpToolsProtocol):
         self._in_head = False
         self._cancel_head_timer()
         self.url = b"".join(self._url_parts)
-        parser = self.parser
-        if parser.get_http_version() == "1.1":
-            hosts = 0
-            for name, _ in self.headers:
-                if name == b"host":
-                    hosts += 1
-            if hosts != 1:
-                self._refuse(400, "bad_request", b"Exactly one Host header is required.\n")
-        if not self._answer_tracked():
+        # One pass over the headers for both checks that need them: the Host count, and whether
+        # a body follows (then a tracked request is decided only once its message is complete).
+        hosts = 0
+        body = False
+        for name, value in self.headers:
+            if name == b"host":
+                hosts += 1
+            elif name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" \t0")):
+                body = True
+        if hosts != 1 and self.parser.get_http_version() == "1.1":
+            self._refuse(400, "bad_request", b"Exactly one Host header is required.\n")
+        if not self._answer_tracked(body):
             super().on_headers_complete()
 
     # -- pipelining: stop reading while the client does not keep up ---------------------------
@@ -370,7 +373,7 @@ class TrackingProtocol(HttpToolsProtocol):
         if self._held and not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
             self._maybe_resume()
 
-    def _answer_tracked(self) -> bool:
+    def _answer_tracked(self, body: bool) -> bool:
         """Answer the request now if it is a tracked one this path takes; False leaves it to
         uvicorn (and nothing has been recorded)."""
         hot = self.app
@@ -407,15 +410,14 @@ class TrackingProtocol(HttpToolsProtocol):
         started = perf_counter()
         is_head = method == b"HEAD"
         keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
-        for name, value in self.headers:
-            if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" \t0")):
-                # A body follows: decide (and record) only once the message is complete, so that
-                # a request llhttp then refuses (400) records nothing (L2).
-                waiting = _Answering(keep_alive)
-                waiting.response_complete = True  # its body is skipped, not kept
-                self.cycle = waiting  # type: ignore[assignment, unused-ignore]
-                self._deferred = functools.partial(self._decide, kind, token, is_head, keep_alive, started)
-                return True
+        if body:
+            # A body follows: decide (and record) only once the message is complete, so that a
+            # request llhttp then refuses (400) records nothing (L2).
+            waiting = _Answering(keep_alive)
+            waiting.response_complete = True  # its body is skipped, not kept
+            self.cycle = waiting  # type: ignore[assignment, unused-ignore]
+            self._deferred = functools.partial(self._decide, kind, token, is_head, keep_alive, started)
+            return True
         return self._decide(kind, token, is_head, keep_alive, started)
 
     def on_message_complete(self) -> None:
