@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 
 from app.pgserver import EmbeddedPostgres
+from loadtests import harness
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGNING_KEYS = "k2:test-secret-number-two-abcdef,k1:test-secret-number-one-abcdef"
@@ -58,13 +59,8 @@ def free_port() -> int:
 
 # Every test client comes from 127.0.0.1 and many replay one token: the per-token and per-address
 # event limits (docs/reliability.md) would drop the events those tests count. The tests of the
-# limits themselves pass their own values in `env`.
-UNLIMITED_RATES = {
-    "TRACKD_TOKEN_EVENT_BURST": "1000000000",
-    "TRACKD_TOKEN_EVENTS_PER_S": "1000000000",
-    "TRACKD_CLIENT_EVENT_BURST": "1000000000",
-    "TRACKD_CLIENT_EVENTS_PER_S": "1000000000",
-}
+# limits themselves pass their own values in `env`. (The same values the benchmarks use.)
+UNLIMITED_RATES = harness.UNLIMITED_RATES
 
 
 class ServerProcess:
