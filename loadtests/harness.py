@@ -57,14 +57,15 @@ def start_postgres(path: Path) -> EmbeddedPostgres:
 class Child:
     """A server child process on loopback whose log goes to a file."""
 
-    def __init__(self, name: str, argv: list[str], port: int, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, argv: list[str], port: int, env: dict[str, str], log_dir: Path,
+                 cwd: Path = ROOT) -> None:  # fmt: skip
         self.name = name
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = log_dir / f"{name}-{port}.log"
         log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     @property
     def pid(self) -> int:
