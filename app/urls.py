@@ -36,7 +36,7 @@ POLICY_REASONS: frozenset[str] = frozenset(
         "type",  # not a string
         "too_long",  # more than MAX_URL_LENGTH characters
         "scheme",  # not http or https (browsers have others)
-        "authority",  # `http:x.com`, `http:/x.com`: browsers add the slashes; senders mean something else
+        "authority",  # `http:x.com`, `http:/x.com`, `http:///x.com`: browsers fix the slashes, we do not guess
         "userinfo",  # `user@host`: the classic phishing spelling (good.com@evil.com)
         "backslash",  # browsers read `\` as `/` in http(s) URLs; other parsers do not
         "control",  # a control character inside the URL (browsers percent-encode it)
@@ -46,6 +46,11 @@ POLICY_REASONS: frozenset[str] = frozenset(
         "idna2008",  # a host UTS-46 maps but IDNA2008 refuses (emoji, symbols)
     }
 )
+
+# Refusals of what ada-url 4.0.0 accepts although Node 20 (browsers of today) refuse it or read it
+# differently: bad `xn--` labels (ada does not check them), host characters from newer Unicode
+# tables (app/url_tables.py), and a host idna and ada map to different names.
+ADA_LENIENT_REASONS: frozenset[str] = frozenset({"punycode", "node_host", "mismatch"})
 
 # WHATWG "C0 control or space", stripped at both ends, and "ASCII tab or newline", removed anywhere.
 _C0_OR_SPACE = "".join(map(chr, range(0x21)))
@@ -206,6 +211,9 @@ def to_location(url: object) -> str:
             raise InvalidURL("must start with http:// or https:// (two slashes, then the host)", "authority")
         raise InvalidURL("must be an absolute http:// or https:// URL", "scheme")
     host, authority, port, tail = _split(url, scheme.end())
+    if not authority and tail.startswith("/"):
+        # `https:///x` and `https:\\\\x`: browsers skip the extra slashes; senders mean something else.
+        raise InvalidURL("more than two slashes after the scheme", "authority")
     ascii_host = _host_to_ascii(host)
     if ascii_host != host:
         authority = ascii_host + ("" if port is None else ":" + port)
