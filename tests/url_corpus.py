@@ -197,7 +197,11 @@ CORPUS: list[tuple[str, str, str]] = [
     ("raw_lf", "https://a.com/\nSet-Cookie:x=1", "https://a.com/Set-Cookie:x=1"),
     ("raw_crlf", "https://a.com/\r\nSet-Cookie: x=1", "https://a.com/Set-Cookie:%20x=1"),
     ("raw_tab", "https://a.com/a\tb", "https://a.com/ab"),
-    ("wrapped_in_email_body", "\r\n  https://example.com/very/long/\r\n  path?q=1 \r\n", "https://example.com/very/long/%20%20path?q=1"),
+    (
+        "wrapped_in_email_body",
+        "\r\n  https://example.com/very/long/\r\n  path?q=1 \r\n",
+        "https://example.com/very/long/%20%20path?q=1",
+    ),
     ("tab_in_host", "https://exa\tmple.com/", "https://example.com/"),
     # --- Length -----------------------------------------------------------------------------
     _kept("long_query_2000", _LONG_QUERY_URL),

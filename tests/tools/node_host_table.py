@@ -40,8 +40,9 @@ def _ours(host: str) -> list[str | None]:
 
 def main() -> None:
     cps = [c for c in range(0x80, 0x110000) if not 0xD800 <= c <= 0xDFFF]
-    node = json.loads(subprocess.run(["node", "-e", _NODE], input=json.dumps(cps), capture_output=True, text=True,
-                                     check=True).stdout)
+    node = json.loads(
+        subprocess.run(["node", "-e", _NODE], input=json.dumps(cps), capture_output=True, text=True, check=True).stdout
+    )
     bad = []
     for c, answers in zip(cps, node, strict=True):
         ch = chr(c)
@@ -55,8 +56,8 @@ def main() -> None:
             ranges[-1][1] = c
         else:
             ranges.append([c, c])
-    for i in range(0, len(ranges), 6):
-        print("    " + ", ".join(f"(0x{a:04X}, 0x{b:04X})" for a, b in ranges[i : i + 6]) + ",")
+    for a, b in ranges:
+        print(f"    (0x{a:04X}, 0x{b:04X}),")
 
 
 if __name__ == "__main__":
