@@ -11,8 +11,9 @@ STAMP  := $(VENV)/.installed
 
 # Debian packages the tests drive, as command:package. Installed with apt-get when we are root;
 # otherwise make stops and names them. chromium: tests/test_dashboard.py; promtool (package
-# prometheus): tests/test_observability.py; wrk: the benchmarks and tests/test_loadtests.py.
-DEBIAN_TOOLS := chromium:chromium promtool:prometheus wrk:wrk
+# prometheus): tests/test_observability.py; wrk: the benchmarks and tests/test_loadtests.py;
+# node (package nodejs): tests/test_urls_whatwg.py compares the signing check with Node's WHATWG URL.
+DEBIAN_TOOLS := chromium:chromium promtool:prometheus wrk:wrk node:nodejs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
