@@ -122,6 +122,8 @@ class RowEncoder:
         at += 6
         end = at + 1 + payload[at]  # campaign: length byte + UTF-8
         url_at = end + 1 + payload[end]  # recipient: length byte + UTF-8
+        if url_at > len(payload):
+            raise IndexError("a length byte overruns the payload")  # signed, yet malformed (L8)
         url = payload[url_at:]
         return b"".join((
             _HEAD.pack(12, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client, agent,
@@ -134,6 +136,8 @@ class RowEncoder:
         (sent_at,) = _PAYLOAD_SENT.unpack_from(payload, at)
         at += 4
         end = at + 1 + payload[at]
+        if end >= len(payload) or end + 1 + payload[end] != len(payload):
+            raise IndexError("the length bytes do not match the payload")  # signed, yet malformed (L8)
         return b"".join((
             _HEAD.pack(12, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client, agent,
             _SENT_NO_LINK.pack(8, sent_at * 1_000_000 - _PG_EPOCH_US), _NULL,

@@ -211,3 +211,28 @@ def test_http_1_1_needs_exactly_one_host(hostile: ServerProcess) -> None:
     sock.sendall(request(version="1.0", host=""))
     assert read_until_closed(sock).startswith(b"HTTP/1.1 302 ")
     sock.close()
+
+
+def test_idle_keep_alive_is_closed_after_the_keep_alive_timeout(hostile: ServerProcess) -> None:
+    """Idle keep-alive is timed by the protocol's sweep (uvicorn's 5 s, no timer per request):
+    a connection idle after a click, and one that only ever sends bare CRLFs after it (bytes
+    that begin no request), are closed after 5 s and before 5 s plus a sweep period (1/4 of the
+    shorter of the head and keep-alive timeouts) and some slack; a connection in use is not."""
+    idle, crlf, busy = connect(hostile, timeout=10), connect(hostile, timeout=10), connect(hostile, timeout=10)
+    for sock in (idle, crlf, busy):
+        sock.sendall(request())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 302 ")
+    started = time.monotonic()
+    closed: dict[str, float] = {}
+    while len(closed) < 2 and time.monotonic() - started < 9:
+        crlf.sendall(b"\r\n")
+        busy.sendall(request())
+        assert busy.recv(65536).startswith(b"HTTP/1.1 302 "), "a connection in use was closed"
+        for name, sock in (("idle", idle), ("crlf", crlf)):
+            if name not in closed and closed_within(sock, 0.01):
+                closed[name] = time.monotonic() - started
+        time.sleep(0.2)
+    for sock in (idle, crlf, busy):
+        sock.close()
+    assert set(closed) == {"idle", "crlf"}, closed
+    assert all(4.8 < seconds < 7.5 for seconds in closed.values()), closed

@@ -13,7 +13,7 @@ import uuid
 import asyncpg
 import pytest
 
-from app.tokens import KIND_CLICK
+from app.tokens import KIND_CLICK, KIND_OPEN
 from tests.support import ServerProcess, metric
 from tests.test_hostile_protocol import RING, connect, read_until_closed, request
 
@@ -102,6 +102,27 @@ def test_a_signed_payload_that_cannot_be_decoded_is_a_bad_token(server: ServerPr
     assert bad_tokens(server) == before + 1
     assert counter(server, "trackd_hot_path_errors_total") == errors
     assert "IndexError" not in server.log()
+    assert settled_events(server, database_url, campaign) == 0
+
+
+def test_a_recipient_length_overrunning_the_payload_is_a_bad_token(server: ServerProcess, database_url: str) -> None:
+    """L8, the other length byte: a recipient length past the payload's end, on a click and on a
+    pixel. Sliced unchecked it made a row whose length fields lie (refused by COPY, then a dead
+    letter); it is a bad token, counted once, nothing recorded."""
+    campaign = f"overrun-r-{uuid.uuid4().hex[:8]}"
+    raw = campaign.encode()
+    ids = bytes((len(raw),)) + raw + b"\xf0r-1"  # says 240 bytes of recipient, has 3
+    click = RING._seal(RING._head(KIND_CLICK, None) + struct.pack(">H", 0) + ids)  # no URL either
+    pixel = RING._seal(RING._head(KIND_OPEN, None) + ids)
+    assert RING.verify(click, KIND_CLICK) is not None and RING.verify(pixel, KIND_OPEN) is not None
+    before_click, before_open = bad_tokens(server), bad_tokens(server, "open")
+    errors = counter(server, "trackd_hot_path_errors_total")
+    assert exchange(server, request(f"/c/{click}", version="1.0")).startswith(b"HTTP/1.1 404 ")
+    answer = exchange(server, request(f"/o/{pixel}.gif", version="1.0"))
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"GIF89a" in answer, answer[:200]
+    assert bad_tokens(server) == before_click + 1
+    assert bad_tokens(server, "open") == before_open + 1
+    assert counter(server, "trackd_hot_path_errors_total") == errors
     assert settled_events(server, database_url, campaign) == 0
 
 
