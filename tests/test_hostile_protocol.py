@@ -154,7 +154,9 @@ def test_an_endless_target_or_header_is_refused_in_linear_time(hostile: ServerPr
             for _ in range(STREAM_MB * 16):
                 sock.sendall(chunk)
                 streamed += len(chunk)
-        answer = read_until_closed(sock)
+        answer = b""
+        with contextlib.suppress(TimeoutError):  # no answer at all: the assertion below says so
+            answer = read_until_closed(sock)
         time.sleep(0.3)  # clicks go on after the refusal too
     finally:
         done.set()
