@@ -107,7 +107,10 @@ class Settings(BaseSettings):
     # Requests a connection may have queued behind the one being answered, and the bytes of
     # unsent responses, before trackd stops reading from it until the client catches up.
     max_pipelined_requests: int = Field(default=16, ge=1, le=10_000)
-    max_write_buffer_bytes: int = Field(default=256 << 10, ge=4096)
+    # Also the transport's high-water mark (writing pauses past it, resumes below a quarter), so
+    # reading stops exactly when writing does. Worst case, every connection holds this much:
+    # 10,000 connections x 32 KiB = 320 MiB.
+    max_write_buffer_bytes: int = Field(default=32 << 10, ge=4096)
     # Open HTTP connections one process accepts; past it new ones are closed at once (counted,
     # logged once). Clamped below the process's file-descriptor limit.
     max_connections: int = Field(default=10_000, ge=1)

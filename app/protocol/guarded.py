@@ -77,6 +77,13 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         limits.open.add(self)
         self._counted = True
+        # The transport pauses writing (and calls resume_writing below a quarter) at the same
+        # limit past which on_response_complete stops reading: reading always resumes once the
+        # client has caught up (a read limit below the transport's mark could stop for good).
+        try:
+            transport.set_write_buffer_limits(high=limits.write_buffer)
+        except NotImplementedError:  # a transport without flow control (tests' stand-ins)
+            pass
         app = self.app
         if isinstance(app, HotPath):
             app.metrics.open_connections.inc()
@@ -280,7 +287,7 @@ class GuardedProtocol(HttpToolsProtocol):
             buffered = transport.get_write_buffer_size()
         except NotImplementedError:  # a transport that does not say
             buffered = 0
-        if len(self.pipeline) < limits.pipelined and buffered < limits.write_buffer:
+        if len(self.pipeline) < limits.pipelined and buffered <= limits.write_buffer:
             self._held = False
             flow = self.flow
             if flow.read_paused:
@@ -303,6 +310,6 @@ class GuardedProtocol(HttpToolsProtocol):
         super().resume_writing()
         if self._held and not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
             limits = self._limits
-            if len(self.pipeline) < limits.pipelined and self.transport.get_write_buffer_size() < limits.write_buffer:
+            if len(self.pipeline) < limits.pipelined and self.transport.get_write_buffer_size() <= limits.write_buffer:
                 self._held = False
                 self.flow.resume_reading()
