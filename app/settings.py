@@ -162,9 +162,7 @@ class Settings(BaseSettings):
         if value:
             parts = urlsplit(value)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(
-                    f"must be an absolute http(s) URL with a host (got {value!r})"
-                )
+                raise ValueError(f"must be an absolute http(s) URL with a host (got {value!r})")
         return value or None
 
     @field_validator("database_url")
@@ -184,9 +182,7 @@ class Settings(BaseSettings):
                 SigningKey.parse(spec)
             except Exception as exc:
                 kid = spec.partition(":")[0]
-                raise ValueError(
-                    f"key {kid!r}: {exc} (expected kid:secret,...)"
-                ) from None
+                raise ValueError(f"key {kid!r}: {exc} (expected kid:secret,...)") from None
         return value
 
     @property
