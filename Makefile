@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check --no-input
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint deps-debian need-wrk constraints sizing clean \
+.PHONY: run test test-fast test-pythons typecheck lint deps-debian need-wrk constraints sizing clean \
 	bench bench-soak bench-growth bench-writer bench-profile bench-hostile loadtest
 
 # Debian packages the tests drive, as command:package. Installed with apt-get when we are root;
@@ -52,11 +52,52 @@ need-wrk:
 # Each run gets its own pytest base directory: pytest re-chmods the shared /tmp/pytest-of-<user> to
 # 0700 at every session start, which locks the embedded PostgreSQL's unprivileged user out of the
 # data directory of any other session running at that moment (pg_ctl stop then fails).
-PYTEST = d=$$(mktemp -d /tmp/trackd-pytest-XXXXXX) && chmod 711 $$d && \
-	{ $(BIN)/python -m pytest --basetemp=$$d/t $(PYTEST_ARGS); rc=$$?; rm -rf $$d; exit $$rc; }
+# $(call pytest_in,VENV,ARGS)
+pytest_in = d=$$(mktemp -d /tmp/trackd-pytest-XXXXXX) && chmod 711 $$d && \
+	{ $(1)/bin/python -m pytest --basetemp=$$d/t $(2); rc=$$?; rm -rf $$d; exit $$rc; }
+PYTEST = $(call pytest_in,$(VENV),$(PYTEST_ARGS))
+
+# The other Pythons trackd supports (requires-python), each in its own venv with the same pins.
+# They run the unit tests only: the code under test is the same, and what differs between
+# versions (the interpreter, asyncio, the compiled wheels) shows there, in seconds. A version
+# this machine lacks is skipped with a message. PYENV_ROOT or PYTHON_3.xx=/path/python3 override.
+OTHER_PYTHONS := 3.12 3.13
+PYENV_ROOT    ?= $(HOME)/.pyenv
+$(foreach v,$(OTHER_PYTHONS),$(eval PYTHON_$(v) ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/$(v).*/bin/python3))))
+PRESENT_PYTHONS := $(strip $(foreach v,$(OTHER_PYTHONS),$(if $(PYTHON_$(v)),$(v))))
+MISSING_PYTHONS := $(filter-out $(PRESENT_PYTHONS),$(OTHER_PYTHONS))
+# Code-level tests plus the writer on an embedded PostgreSQL (asyncpg is the riskiest wheel):
+# no server process, about 20 s per version.
+UNIT_TESTS := -m "not e2e and not faults" tests/test_tokens.py tests/test_urls.py tests/test_journal.py \
+	tests/test_writer.py tests/test_hotpath.py tests/test_ratelimit.py tests/test_settings.py
+
+.venv-%/.installed: pyproject.toml constraints.txt
+	$(PYTHON_$*) -m venv .venv-$*
+	.venv-$*/bin/pip --disable-pip-version-check --no-input install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+UNIT_RUNS := $(addprefix unit-,$(PRESENT_PYTHONS))
+.PHONY: $(UNIT_RUNS)
+$(UNIT_RUNS): unit-%: .venv-%/.installed
+	@echo "unit tests on $$(.venv-$*/bin/python --version) ($(PYTHON_$*))"
+	@$(call pytest_in,.venv-$*,-q $(UNIT_TESTS))
+
+UNIT_PYTHONS_USED = $(foreach v,$(PRESENT_PYTHONS),$$(.venv-$(v)/bin/python -V) in .venv-$(v) (unit tests);)
+test-pythons: $(UNIT_RUNS)
+	@$(foreach v,$(MISSING_PYTHONS),echo "Python $(v): not found under $(PYENV_ROOT)/versions, its unit tests skipped";) true
+	@if [ "$$CI" = true ]; then \
+	  echo "CI: interpreters: $$($(BIN)/python -V) in $(VENV) (ruff, mypy, full suite);$(if $(PRESENT_PYTHONS), $(UNIT_PYTHONS_USED))" \
+	    "missing: $(or $(MISSING_PYTHONS),none)"; \
+	fi
+
+# mypy --strict over app/, configured in pyproject.toml ([tool.mypy]).
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 test: $(STAMP) deps-debian
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	@$(MAKE) --no-print-directory test-pythons
 	$(PYTEST)
 
 test-fast: PYTEST_ARGS = -m "not faults"
@@ -105,4 +146,4 @@ constraints: $(STAMP)
 	  $(BIN)/pip freeze --exclude-editable | grep -vi '^trackd'; } > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(addprefix .venv-,$(OTHER_PYTHONS)) .pytest_cache .ruff_cache .hypothesis .mypy_cache

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
+from typing import TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from app.settings import Settings
 
@@ -14,6 +16,12 @@ log = logging.getLogger("trackd.db")
 # Any constant works; it only has to be the same in every process that migrates.
 _MIGRATION_LOCK = 0x7472_6B64  # "trkd"
 
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+# A connection of its own (the CLI, the tests) or one borrowed from the pool. asyncpg makes the
+# pool's proxy pass for a Connection at run time; its stubs keep them apart, so code that works
+# on either says so. (Quoted: asyncpg's classes are not subscriptable at run time.)
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
 
 def migration_files() -> list[tuple[str, str]]:
     folder = resources.files("app") / "migrations"
@@ -21,7 +29,7 @@ def migration_files() -> list[tuple[str, str]]:
     return [(name.removesuffix(".sql"), (folder / name).read_text("utf-8")) for name in names]
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: Connection) -> list[str]:
     """Apply pending migrations in order, each in its own transaction, under an advisory lock
     so that several pods or workers starting at once apply each migration exactly once."""
     applied: list[str] = []
@@ -45,11 +53,11 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     return applied
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     await conn.execute("SET TIME ZONE 'UTC'")
 
 
-async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
+async def create_pool(settings: Settings, dsn: str) -> Pool:
     return await asyncpg.create_pool(
         dsn,
         # No floor: with the database down, a floor makes asyncpg log a traceback every second.

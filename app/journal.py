@@ -84,7 +84,8 @@ def _crc(magic: bytes, length: int, body: bytes) -> int:
 class Chunk(NamedTuple):
     """Events of one frame, as COPY rows (format 2)."""
 
-    count: int
+    # Not `count`: that would shadow tuple.count(), which a NamedTuple field must not.
+    event_count: int
     first_us: int  # the earliest receipt time among them, unix microseconds
     last_us: int
     rows: bytes
@@ -250,7 +251,7 @@ class RecentFrames:
             frames.popleft()
             self._bytes -= len(frame.chunk.rows)
             chunks.append(frame.chunk)
-            count += frame.chunk.count
+            count += frame.chunk.event_count
             position = frame.end
         return (chunks, count, position) if chunks else None
 
@@ -379,7 +380,7 @@ class JournalDir:
                     if data[at + 1] == MAGIC_ROWS[1]:
                         chunk = decode_chunk(body)
                         out.chunks.append(chunk)
-                        out.count += chunk.count
+                        out.count += chunk.event_count
                     else:
                         out.legacy.append(decode_body(body))
                         out.count += 1

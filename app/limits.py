@@ -5,11 +5,9 @@ memory. Past the cap the answer is 413 with a JSON error, whether the size was d
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from starlette.exceptions import HTTPException
-
-from app.hotpath import ASGIApp, Scope
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class _TooLarge(HTTPException):
@@ -27,14 +25,14 @@ class BodySizeLimit:
         body = json.dumps(
             {"error": "request_entity_too_large", "message": f"request bodies are limited to {max_bytes} bytes"}
         ).encode()
-        self._start = {
+        self._start: Message = {
             "type": "http.response.start",
             "status": 413,
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
         }
-        self._body = {"type": "http.response.body", "body": body}
+        self._body: Message = {"type": "http.response.body", "body": body}
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         for name, value in scope["headers"]:
@@ -45,7 +43,7 @@ class BodySizeLimit:
         received = 0
         started = False
 
-        async def limited_receive() -> dict[str, Any]:
+        async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
@@ -54,7 +52,7 @@ class BodySizeLimit:
                     raise _TooLarge(self.max_bytes)
             return message
 
-        async def tracked_send(message: dict[str, Any]) -> None:
+        async def tracked_send(message: Message) -> None:
             nonlocal started
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -65,6 +63,6 @@ class BodySizeLimit:
             if not started:
                 await self._refuse(send)
 
-    async def _refuse(self, send: Any) -> None:
+    async def _refuse(self, send: Send) -> None:
         await send(self._start)
         await send(self._body)

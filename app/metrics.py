@@ -196,12 +196,13 @@ def observe_weighted(histogram: Histogram, bounds: tuple[float, ...], pairs: Ite
 
 def _add_counts(histogram: Histogram, counts: list[int], total: float) -> None:
     # Histogram.observe() has no batch form; its per-bucket values are what it increments itself
-    # (prometheus-client is pinned, and tests check the resulting counts).
+    # (private, but declared and typed in prometheus-client; it is pinned, and tests check the
+    # resulting counts).
     for index, count in enumerate(counts):
         if count:
-            histogram._buckets[index].inc(count)  # type: ignore[attr-defined]
+            histogram._buckets[index].inc(count)
     if total:
-        histogram._sum.inc(total)  # type: ignore[attr-defined]
+        histogram._sum.inc(total)
 
 
 class HotPathMeter:

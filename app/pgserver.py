@@ -51,7 +51,8 @@ def _opened_up() -> bool:
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # typeshed leaves socket addresses untyped (Any)
+        return port
 
 
 class EmbeddedPostgres:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import asyncpg
-
+from app.db import Pool
 from app.journal import Journal
 from app.metrics import HotPathMeter, Metrics
 from app.settings import Settings
@@ -20,7 +19,7 @@ class Services:
     metrics: Metrics
     meter: HotPathMeter
     journal: Journal
-    pool: asyncpg.Pool | None = None
+    pool: Pool | None = None
     writer: Writer | None = None
     schema_ready: bool = False
     shutting_down: bool = False

@@ -24,8 +24,10 @@ from collections.abc import Iterable
 from typing import Literal
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from app.copyrows import COLUMNS, COPY_HEADER, COPY_TRAILER, RowEncoder, decode_row, split_rows
+from app.db import Connection, Pool
 from app.journal import Batch, Chunk, Journal, JournalDir, orphans
 from app.metrics import LAG_BUCKETS, Metrics, observe_weighted
 from app.settings import Settings
@@ -71,8 +73,21 @@ def is_data_error(exc: BaseException) -> bool:
     return state[:2] in ("22", "23")
 
 
+async def _copy_in(conn: Connection, table: str, data: bytes) -> str:
+    """COPY binary `data` (header to trailer) into `table`; returns the command status."""
+    # A memoryview, not the bytes: asyncpg takes bytes for a file name (os.fspath). asyncpg reads
+    # any buffer-protocol object as the data itself, but asyncpg-stubs 0.32.0 lists only paths,
+    # files and async iterables as sources: the stub is wrong here, not the call.
+    return await conn.copy_to_table(
+        table,
+        source=memoryview(data),  # type: ignore[arg-type]
+        columns=COLUMNS,
+        format="binary",
+    )
+
+
 class Writer:
-    def __init__(self, settings: Settings, journal: Journal, pool: asyncpg.Pool, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, journal: Journal, pool: Pool, metrics: Metrics) -> None:
         self.journal = journal
         self.pool = pool
         self.metrics = metrics
@@ -92,7 +107,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         # The writer keeps one connection while it has a backlog: handing it back to the pool
         # after each batch would cost a reset round trip per batch.
-        self._conn: asyncpg.Connection | None = None
+        self._conn: PoolConnectionProxy[asyncpg.Record] | None = None
         self._last_count = 0  # events in the last batch written
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -275,7 +290,7 @@ class Writer:
         self._committed(batch, chunks, inserted, time.perf_counter() - started, len(dead))
         return True
 
-    async def _write(self, conn: asyncpg.Connection, chunks: list[Chunk], dead: Dead, *, direct: bool) -> int:
+    async def _write(self, conn: Connection, chunks: list[Chunk], dead: Dead, *, direct: bool) -> int:
         days = partition_days((c.first_us, c.last_us) for c in chunks) - self._days
         if days:
             await conn.execute("SELECT trackd_ensure_partitions($1::date[])", sorted(days))
@@ -295,20 +310,19 @@ class Writer:
             await self._dead_letter(conn, dead)
         return inserted
 
-    async def _copy(self, conn: asyncpg.Connection, data: bytes, *, direct: bool) -> int:
+    async def _copy(self, conn: Connection, data: bytes, *, direct: bool) -> int:
         """COPY a whole binary stream in one transaction; returns the rows inserted."""
         if direct:
             try:
                 async with conn.transaction():
                     await conn.execute(_COUNT_PER_SECOND)
-                    status = await conn.copy_to_table("events", source=memoryview(data), columns=COLUMNS,
-                                                      format="binary")  # fmt: skip
+                    status = await _copy_in(conn, "events", data)
                 return int(status.rsplit(" ", 1)[1])
             except asyncpg.UniqueViolationError:
                 pass  # some rows are in already (their commit went through before a failure)
         async with conn.transaction():
             await conn.execute(f"{_COUNT_PER_SECOND}; {_STAGE_DDL}")
-            await conn.copy_to_table("trackd_stage", source=memoryview(data), columns=COLUMNS, format="binary")
+            await _copy_in(conn, "trackd_stage", data)
             status = await conn.execute(_MOVE)
         return int(status.rsplit(" ", 1)[1])
 
@@ -321,10 +335,10 @@ class Writer:
             try:
                 rows += split_rows(chunk.rows)
             except (ValueError, struct.error) as exc:
-                dead.append((None, f"unreadable frame of {chunk.count} events: {exc}", chunk.rows[:512]))
+                dead.append((None, f"unreadable frame of {chunk.event_count} events: {exc}", chunk.rows[:512]))
         return rows
 
-    async def _isolate(self, conn: asyncpg.Connection, rows: list[bytes], dead: Dead) -> int:
+    async def _isolate(self, conn: Connection, rows: list[bytes], dead: Dead) -> int:
         """Bisect a refused batch: every good row lands, every refused one goes to `dead`."""
         if not rows:
             return 0
@@ -339,7 +353,7 @@ class Writer:
         half = len(rows) // 2
         return await self._isolate(conn, rows[:half], dead) + await self._isolate(conn, rows[half:], dead)
 
-    async def _dead_letter(self, conn: asyncpg.Connection, dead: Dead) -> None:
+    async def _dead_letter(self, conn: Connection, dead: Dead) -> None:
         records = []
         for row, error, event in dead:
             values = None
@@ -374,7 +388,7 @@ class Writer:
             m.events_replayed.inc(count)
         # A frame's events were received within one event-loop tick: its earliest receipt time
         # stands for all of them (the lag is overstated by at most the tick's length).
-        observe_weighted(m.ingest_lag, LAG_BUCKETS, [(committed - c.first_us / 1e6, c.count) for c in chunks])
+        observe_weighted(m.ingest_lag, LAG_BUCKETS, [(committed - c.first_us / 1e6, c.event_count) for c in chunks])
         m.writer_up.set(1)
         self.last_commit_at = committed
         if self.state == "retrying":

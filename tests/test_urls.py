@@ -11,8 +11,6 @@ import pytest
 from app.urls import InvalidURL, to_location
 from tests.url_corpus import CORPUS, REJECTED
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.mark.parametrize(("label", "url", "expected"), CORPUS, ids=[c[0] for c in CORPUS])
 def test_location_of(label: str, url: str, expected: str) -> None:
@@ -25,6 +23,8 @@ def test_refused(label: str, value: object) -> None:
         to_location(value)
 
 
+# The two tests that talk to a server are e2e; the rest check to_location() alone (unit tests).
+@pytest.mark.e2e
 def test_corpus_round_trips_through_the_server(api: httpx.Client, client: httpx.Client) -> None:
     assert len(CORPUS) >= 60
     links = [url for _, url, _ in CORPUS]
@@ -44,6 +44,7 @@ def test_corpus_round_trips_through_the_server(api: httpx.Client, client: httpx.
 JSON_REJECTED = [r for r in REJECTED if not isinstance(r[1], bytes)]  # bytes have no JSON form
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("label", "value"), JSON_REJECTED, ids=[r[0] for r in JSON_REJECTED])
 def test_api_names_the_refused_link(api: httpx.Client, label: str, value: object) -> None:
     links = ["https://example.com/fine", value]
