@@ -133,12 +133,13 @@ class TrackingProtocol(GuardedProtocol):
             if not deferred() and not self.transport.is_closing():
                 self.transport.close()  # answer() failed (counted, logged): no ASGI cycle to take it now
             return
-        if self.cycle.__class__ is Answering:
+        cycle: object = self.cycle  # uvicorn's type for it; ours may stand in (Answering)
+        if cycle.__class__ is Answering:
             return  # answered here: no ASGI app waits for the end of its message
         HttpToolsProtocol.on_message_complete(self)
 
     def _decide(self, kind: str, token: bytes, is_head: bool, keep_alive: bool, started: float) -> bool:
-        hot: HotPath = self.app  # type: ignore[assignment]
+        hot: HotPath = self.app
         try:
             answer = hot.answer(kind, is_head, token.decode("ascii", "replace"), self.headers,
                                 self.client[0] if self.client else None)  # fmt: skip
@@ -168,7 +169,7 @@ class TrackingProtocol(GuardedProtocol):
 
     def _respond(self, answering: Answering, head: tuple[bytes, bytes], body: bytes, answer: Answer,
                  started: float, written: asyncio.Future[bool] | None) -> None:  # fmt: skip
-        hot: HotPath = self.app  # type: ignore[assignment]
+        hot: HotPath = self.app
         outcome = answer.outcome
         if written is not None and (written.cancelled() or written.exception() is not None or not written.result()):
             outcome = "dropped"
