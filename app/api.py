@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app import __version__
 from app.services import Services
-from app.tokens import SigningError
-from app.urls import InvalidURL
+from trackd_links.tokens import SigningError
+from trackd_links.urls import InvalidURL
 
 MAX_LINKS = 1000
 

@@ -144,8 +144,8 @@ def serve(args: argparse.Namespace) -> int:
 
 def sign(args: argparse.Namespace) -> int:
     from app.main import build_keyring
-    from app.tokens import SigningError
-    from app.urls import InvalidURL
+    from trackd_links.tokens import SigningError
+    from trackd_links.urls import InvalidURL
 
     settings = load_settings()
     ring = build_keyring(settings)

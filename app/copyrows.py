@@ -24,13 +24,23 @@ from typing import Any, NamedTuple
 from app.classify import machine_reason
 from app.events import RawEvent, RowMaker
 from app.settings import Settings
-from app.tokens import KIND_CLICK
+from trackd_links.tokens import (
+    FLAG_HONEYPOT,
+    FLAG_LINK_NAME,
+    FLAG_MESSAGE_ID,
+    KIND_CLICK,
+    MAX_LINK_NAME_BYTES,
+    OPEN_FLAGS_REFUSED,
+    v1_claims,
+)
 
 # The column order of every row; the writer names the same columns in its COPY statements.
 COLUMNS = (
     "id", "occurred_at", "ip", "kind", "user_agent", "is_machine", "machine_reason",
-    "sent_at", "link_index", "campaign_id", "recipient_id", "url",
+    "sent_at", "link_index", "campaign_id", "recipient_id", "url", "link_name", "part", "message_id",
 )  # fmt: skip
+# Rows journaled before links v2 (journal format 2) end at `url`: upgrade_rows() adds the rest.
+COLUMNS_V1 = COLUMNS[:12]
 # The binary COPY stream around the rows: signature, flags, header extension length / trailer.
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 COPY_TRAILER = b"\xff\xff"
@@ -43,10 +53,15 @@ _HEAD = struct.Struct(">hiQQiq")
 _SENT_LINK = struct.Struct(">iqii")
 _SENT_NO_LINK = struct.Struct(">iq")
 _I32 = struct.Struct(">i")
-# Read from a token payload (see app.tokens): sent_at, and for a click its link index.
-_PAYLOAD_SENT = struct.Struct(">I")
-_PAYLOAD_SENT_LINK = struct.Struct(">IH")
-_LEN3 = b"\x00\x00\x00"  # the high bytes of an int32 length below 256 (campaign, recipient)
+# Read from a token's claims (see trackd_links.tokens): sent_at, and for a click its link index.
+_CLAIMS_SENT = struct.Struct(">I")
+_CLAIMS_SENT_LINK = struct.Struct(">IH")
+_FIELDS = len(COLUMNS)
+_LEN3 = b"\x00\x00\x00"  # the high bytes of an int32 length below 256 (campaign, recipient, ...)
+_PART_FIELDS = (b"\x00\x00\x00\x03api", b"\x00\x00\x00\x04html", b"\x00\x00\x00\x04text")
+# Flags a click must not have (reserved bits); part 3 is refused separately.
+_CLICK_FLAGS_REFUSED = 0xE0
+_TAIL_NULLS = _NULL * 3  # link_name, part, message_id of a row from before links v2
 _INET_FAMILY = {4: 2, 6: 3}  # PGSQL_AF_INET, PGSQL_AF_INET6
 _MAX_CACHED_XFF = 256
 
@@ -73,10 +88,11 @@ class AgentFields(NamedTuple):
     machine: bool
 
 
-def _agent_fields(kind: str, is_head: bool, user_agent: bytes | None) -> AgentFields:
-    """Cached by RowEncoder.agent: the regular expressions run once per distinct user agent."""
+def _agent_fields(kind: str, is_head: bool, user_agent: bytes | None, honeypot: bool = False) -> AgentFields:
+    """Cached by RowEncoder.agent: the regular expressions run once per distinct user agent. A
+    honeypot link's click is a machine's whatever its user agent says (no person sees the link)."""
     decoded = user_agent.decode("utf-8", "replace") if user_agent else None
-    reason = machine_reason(kind, is_head, decoded)
+    reason = "honeypot" if honeypot else machine_reason(kind, is_head, decoded)
     # PostgreSQL text is valid UTF-8 without NUL: undecodable bytes and NUL become U+FFFD.
     ua = decoded.replace("\x00", "\ufffd") if decoded is not None else None
     machine = reason is not None
@@ -100,6 +116,10 @@ class RowEncoder:
         # Without trusted proxies X-Forwarded-For is never read: the cache is all there is.
         self.client = self._client_cached if not settings.trusted_proxies else self._client
 
+    def honeypot(self, is_head: bool, user_agent: bytes | None) -> AgentFields:
+        """The agent fields of a honeypot click (rare: not cached)."""
+        return _agent_fields("click", is_head, user_agent, honeypot=True)
+
     def _client(self, peer: str | None, forwarded_for: bytes | None) -> bytes:
         if forwarded_for is not None and len(forwarded_for) > _MAX_CACHED_XFF:
             return self._client_field(peer, forwarded_for)
@@ -108,59 +128,114 @@ class RowEncoder:
     def _client_field(self, peer: str | None, forwarded_for: bytes | None) -> bytes:
         return inet_field(self.maker.ip_value(peer, forwarded_for))
 
-    # The two row makers of the hot path. The token payload's fields go into the row as they are:
-    # a one-byte id length becomes an int32 length by three zero bytes before it, so the ids are
-    # copied, never decoded. Written out per kind, with one join and no helper calls: this is
-    # about a quarter of trackd's own work per request (timeit: 0.94 -> 0.70 us a click row).
+    # The two row makers of the hot path, from a token's claims (app.tokens: the version 2
+    # plaintext layout). Their fields go into the row as they are: a one-byte length becomes an
+    # int32 length by three zero bytes before it, so the ids are copied, never decoded. Written
+    # out per kind, with one join and no helper calls: this is about a quarter of trackd's own
+    # work per request (timeit: 0.94 -> 0.70 us a click row). A length running past the claims,
+    # a reserved flag, a missing URL or bytes left over raise IndexError: a bad token (L8).
 
     def click_row(
-        self, id_hi: int, id_lo: int, received_us: int, agent: bytes, client: bytes, payload: bytes
-    ) -> tuple[bytes, bytes]:
-        """The row of a click, and its Location (the payload's URL, found on the way)."""
-        at = 3 + payload[2]
-        sent_at, link_index = _PAYLOAD_SENT_LINK.unpack_from(payload, at)
-        at += 6
-        end = at + 1 + payload[at]  # campaign: length byte + UTF-8
-        url_at = end + 1 + payload[end]  # recipient: length byte + UTF-8
-        if url_at > len(payload):
-            raise IndexError("a length byte overruns the payload")  # signed, yet malformed (L8)
-        url = payload[url_at:]
+        self, id_hi: int, id_lo: int, received_us: int, agent: AgentFields, client: bytes, claims: bytes,
+        is_head: bool, user_agent: bytes | None,
+    ) -> tuple[bytes, bytes, bool]:  # fmt: skip
+        """The row of a click, its Location (the claims' URL, found on the way), and whether
+        it is a machine's (by its user agent, or a honeypot link)."""
+        sent_at, link_index = _CLAIMS_SENT_LINK.unpack_from(claims)
+        flags = claims[6]
+        if flags & _CLICK_FLAGS_REFUSED or flags & 3 == 3:
+            raise IndexError("reserved flags")
+        end = 8 + claims[7]  # campaign: length byte + UTF-8
+        url_at = recipient_end = end + 1 + claims[end]  # recipient: length byte + UTF-8
+        if not claims[7] or not claims[end]:
+            raise IndexError("an empty id")
+        name = message = _NULL
+        if flags & 0x18:  # a link name and/or a message id follow
+            url_at, name, message = _optional_fields(claims, flags, url_at)
+        if url_at >= len(claims):
+            raise IndexError("no URL, or a length running past the claims")
+        url = claims[url_at:]
+        if flags & FLAG_HONEYPOT:
+            agent = self.honeypot(is_head, user_agent)
         return b"".join((
-            _HEAD.pack(12, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client, agent,
+            _HEAD.pack(_FIELDS, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client, agent.fields,
             _SENT_LINK.pack(8, sent_at * 1_000_000 - _PG_EPOCH_US, 4, link_index),
-            _LEN3, payload[at:end], _LEN3, payload[end:url_at], _I32.pack(len(url)), url,
-        )), url  # fmt: skip
+            _LEN3, claims[7:end], _LEN3, claims[end:recipient_end],
+            _I32.pack(len(url)), url, name, _PART_FIELDS[flags & 3], message,
+        )), url, agent.machine  # fmt: skip
 
-    def open_row(self, id_hi: int, id_lo: int, received_us: int, agent: bytes, client: bytes, payload: bytes) -> bytes:
-        at = 3 + payload[2]
-        (sent_at,) = _PAYLOAD_SENT.unpack_from(payload, at)
-        at += 4
-        end = at + 1 + payload[at]
-        if end >= len(payload) or end + 1 + payload[end] != len(payload):
-            raise IndexError("the length bytes do not match the payload")  # signed, yet malformed (L8)
+    def open_row(self, id_hi: int, id_lo: int, received_us: int, agent: bytes, client: bytes, claims: bytes) -> bytes:
+        (sent_at,) = _CLAIMS_SENT.unpack_from(claims)
+        flags = claims[4]
+        if flags & OPEN_FLAGS_REFUSED:
+            raise IndexError("flags an open must not have")
+        end = 6 + claims[5]
+        stop = end + 1 + claims[end]
+        if not claims[5] or not claims[end]:
+            raise IndexError("an empty id")
+        recipient_end = stop
+        message = _NULL
+        if flags:  # a message id follows
+            stop, _, message = _optional_fields(claims, flags, stop)
+        if stop != len(claims):
+            raise IndexError("the lengths do not match the claims")
         return b"".join((
-            _HEAD.pack(12, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client, agent,
+            _HEAD.pack(_FIELDS, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client, agent,
             _SENT_NO_LINK.pack(8, sent_at * 1_000_000 - _PG_EPOCH_US), _NULL,
-            _LEN3, payload[at:end], _LEN3, payload[end:], _NULL,
+            _LEN3, claims[5:end], _LEN3, claims[end:recipient_end], _NULL, _NULL, _NULL, message,
         ))  # fmt: skip
 
-    def row(self, id_hi: int, id_lo: int, received_us: int, agent: bytes, client: bytes, payload: bytes) -> bytes:
+    def row(self, id_hi: int, id_lo: int, received_us: int, kind: int, is_head: bool, user_agent: bytes | None,
+            client: bytes, claims: bytes) -> bytes:  # fmt: skip
         """The row of either kind (replays, tests)."""
-        if payload[1] == KIND_CLICK:
-            return self.click_row(id_hi, id_lo, received_us, agent, client, payload)[0]
-        return self.open_row(id_hi, id_lo, received_us, agent, client, payload)
+        agent = self.agent("click" if kind == KIND_CLICK else "open", is_head, user_agent)
+        if kind == KIND_CLICK:
+            return self.click_row(id_hi, id_lo, received_us, agent, client, claims, is_head, user_agent)[0]
+        return self.open_row(id_hi, id_lo, received_us, agent.fields, client, claims)
 
     def from_event(self, event: RawEvent) -> tuple[bytes, int]:
         """The row of an event recorded by an older version (journal format 1), and its time.
         The time is rounded exactly as PostgreSQL's to_timestamp() rounded it when that version
         wrote the row (after moving to its 2000 epoch): a replay of an event it had committed
         must meet the same primary key, or it would be inserted twice."""
-        kind = "click" if event.payload[1] == KIND_CLICK else "open"
+        kind = event.payload[1]  # a version 1 payload: those versions minted no other
         received_us = round((event.received_at - _PG_EPOCH_S) * 1_000_000) + _PG_EPOCH_US
-        agent = self.agent(kind, event.is_head, event.user_agent).fields
         client = self.client(event.peer, event.forwarded_for)
-        row = self.row(event.id >> 64, event.id & 0xFFFF_FFFF_FFFF_FFFF, received_us, agent, client, event.payload)
+        row = self.row(event.id >> 64, event.id & 0xFFFF_FFFF_FFFF_FFFF, received_us, kind, event.is_head,
+                       event.user_agent, client, v1_claims(event.payload))  # fmt: skip
         return row, received_us
+
+
+def _optional_fields(claims: bytes, flags: int, at: int) -> tuple[int, bytes, bytes]:
+    """The link name and message id fields (int32 length + UTF-8, or NULL) that follow the
+    recipient at `at`, and where they end. Raises IndexError on a bad length."""
+    name = message = _NULL
+    if flags & FLAG_LINK_NAME:
+        n = claims[at]
+        if not 1 <= n <= MAX_LINK_NAME_BYTES:
+            raise IndexError("link name length")
+        name = _LEN3 + claims[at : at + 1 + n]
+        at += 1 + n
+    if flags & FLAG_MESSAGE_ID:
+        n = claims[at]
+        if not n:
+            raise IndexError("message id length")
+        message = _LEN3 + claims[at : at + 1 + n]
+        at += 1 + n
+    return at, name, message
+
+
+def upgrade_rows(rows: bytes) -> bytes:
+    """Rows journaled before links v2 (COLUMNS_V1, journal format 2) as rows of COLUMNS: the
+    new columns NULL. Raises ValueError on bytes that are not whole rows."""
+    old = struct.pack(">h", len(COLUMNS_V1))
+    new = struct.pack(">h", len(COLUMNS))
+    out: list[bytes] = []
+    for row in split_rows(rows):
+        if row[:2] != old:
+            raise ValueError(f"a row of {struct.unpack_from('>h', row)[0]} fields in a format 2 frame")
+        out += (new, row[2:], _TAIL_NULLS)
+    return b"".join(out)
 
 
 # -- reading rows back (dead letters, tests) -----------------------------------------------------

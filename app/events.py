@@ -22,7 +22,7 @@ class RawEvent(NamedTuple):
     id: int  # a UUIDv7 as an integer, made at receipt: replays and retries are idempotent
     received_at: float  # unix seconds
     is_head: bool
-    payload: bytes  # the verified token payload (see app.tokens)
+    payload: bytes  # the verified token payload (see trackd_links.tokens)
     peer: str | None  # socket peer address
     forwarded_for: bytes | None  # X-Forwarded-For as received (trusted only from our proxies)
     user_agent: bytes | None  # already cut to the configured maximum

@@ -28,7 +28,7 @@ from app.copyrows import RowEncoder
 from app.events import EventIds
 from app.metrics import HotPathMeter, Metrics
 from app.ratelimit import Buckets
-from app.tokens import KIND_CLICK, KIND_OPEN, KeyRing
+from trackd_links.tokens import KIND_CLICK, KIND_OPEN, KeyRing
 
 log = logging.getLogger("trackd.hotpath")
 
@@ -221,7 +221,7 @@ class HotPath:
         """Verify the token, classify the request and append the event's row to the journal: what
         the client gets, and which journal write it must wait for. Shared by the ASGI path and
         app.protocol, which answers the same requests below ASGI."""
-        payload = self.keyring.verify(token, KIND_CLICK if kind == "click" else KIND_OPEN)
+        claims = self.keyring.verify(token, KIND_CLICK if kind == "click" else KIND_OPEN)
         ua = xff = None
         for name, value in headers:
             if name == b"user-agent":
@@ -230,35 +230,38 @@ class HotPath:
                 xff = value
         rows = self.rows
         agent = rows.agent(kind, is_head, ua)
-        if payload is None:
+        if claims is None:
             # A bad click goes to the fallback URL or gets a 404; a bad pixel still gets the
             # image: a broken image in the mail helps nobody.
             return Answer(kind, self._fallback, None, "bad_token", agent.machine)
         received_us = time_ns() // 1000
         id_hi, id_lo = self.ids.pair(received_us // 1000)
         client_field = rows.client(peer, xff)
+        machine = agent.machine
         try:
             if kind == "click":
-                row, location = rows.click_row(id_hi, id_lo, received_us, agent.fields, client_field, payload)
+                row, location, machine = rows.click_row(id_hi, id_lo, received_us, agent, client_field, claims,
+                                                        is_head, ua)  # fmt: skip
             else:
-                row, location = rows.open_row(id_hi, id_lo, received_us, agent.fields, client_field, payload), b""
-        except (IndexError, struct.error, UnicodeError):
-            # Signed but not decodable (a length byte overrunning the payload): a bad token (L8).
+                row, location = rows.open_row(id_hi, id_lo, received_us, agent.fields, client_field, claims), b""
+        except (IndexError, struct.error):
+            # Authentic but not decodable (a length running past the claims, a reserved flag):
+            # a bad token (L8).
             return Answer(kind, self._fallback, None, "bad_token", agent.machine)
         if kind == "click" and _UNSAFE_LOCATION.search(location) is not None:
-            return Answer(kind, self._fallback, None, "bad_token", agent.machine)  # L1
+            return Answer(kind, self._fallback, None, "bad_token", machine)  # L1
         # One link, or one address, cannot fill the journal (docs/reliability.md): past their
         # burst and rate its events are answered and counted, not kept.
         now = received_us * 1e-6
         if not self.token_rate.take(token, now):
             self.metrics.dropped_rate_token.inc()
-            return Answer(kind, location, None, "dropped", agent.machine)
+            return Answer(kind, location, None, "dropped", machine)
         if not self.client_rate.take(client_field if client_field != _NULL_FIELD else peer, now):
             self.metrics.dropped_rate_client.inc()
-            return Answer(kind, location, None, "dropped", agent.machine)
+            return Answer(kind, location, None, "dropped", machine)
         journal = self.journal
         written = journal.append(row, received_us) if journal is not None else None
         if written is None:
             self.metrics.dropped_full.inc()  # no room (or no journal yet): answered, not recorded
-            return Answer(kind, location, None, "dropped", agent.machine)
-        return Answer(kind, location, written, "recorded", agent.machine)
+            return Answer(kind, location, None, "dropped", machine)
+        return Answer(kind, location, written, "recorded", machine)

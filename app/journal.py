@@ -46,14 +46,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from app.copyrows import upgrade_rows
 from app.events import RawEvent
 from app.settings import FsyncPolicy
 
 log = logging.getLogger("trackd.journal")
 
 MAGIC = b"\xd7\x4a"  # format 1: one raw event (read only)
-MAGIC_ROWS = b"\xd7\x4b"  # format 2: a tick's events as COPY rows
-_MAGICS = (MAGIC, MAGIC_ROWS)
+MAGIC_ROWS = b"\xd7\x4b"  # format 2: a tick's events as COPY rows of COLUMNS_V1 (read only)
+MAGIC_ROWS_V2 = b"\xd7\x4c"  # format 3: the same, rows of COLUMNS (links v2 added columns)
+_MAGICS = (MAGIC, MAGIC_ROWS, MAGIC_ROWS_V2)
 _HEADER = struct.Struct("<2sII")
 # id (two u64), received_at, is_head, then the lengths of peer, forwarded-for, user agent, payload
 _BODY = struct.Struct("<QQdBBHHH")
@@ -107,8 +109,8 @@ def _frames(rows: list[bytes], first_us: int, last_us: int) -> tuple[bytes, list
         head = _CHUNK.pack(len(part), first_us, last_us)
         length = len(head) + len(joined)
         # _crc(MAGIC_ROWS, length, head + joined), without making that concatenation
-        crc = zlib.crc32(joined, zlib.crc32(head, zlib.crc32(MAGIC_ROWS, length)))
-        frames.append(b"".join((_HEADER.pack(MAGIC_ROWS, length, crc), head, joined)))
+        crc = zlib.crc32(joined, zlib.crc32(head, zlib.crc32(MAGIC_ROWS_V2, length)))
+        frames.append(b"".join((_HEADER.pack(MAGIC_ROWS_V2, length, crc), head, joined)))
         chunks.append((Chunk(len(part), first_us, last_us, joined), _HEADER.size + length))
     return (frames[0] if len(frames) == 1 else b"".join(frames)), chunks
 
@@ -377,9 +379,14 @@ class JournalDir:
             if end is not None:
                 try:
                     body = data[at + _HEADER.size : end]
-                    if data[at + 1] == MAGIC_ROWS[1]:
+                    second = data[at + 1]
+                    if second == MAGIC_ROWS_V2[1]:
                         chunk = decode_chunk(body)
                         out.chunks.append(chunk)
+                        out.count += chunk.event_count
+                    elif second == MAGIC_ROWS[1]:  # written before links v2: rows get the new columns
+                        chunk = decode_chunk(body)
+                        out.chunks.append(chunk._replace(rows=upgrade_rows(chunk.rows)))
                         out.count += chunk.event_count
                     else:
                         out.legacy.append(decode_body(body))

@@ -33,9 +33,9 @@ from app.pgserver import EmbeddedPostgres
 from app.ratelimit import Buckets
 from app.services import Services
 from app.settings import Settings
-from app.tokens import KeyRing, load_or_create_dev_key
-from app.urls import to_location
 from app.writer import Writer
+from trackd_links.tokens import KeyRing, load_or_create_dev_key
+from trackd_links.urls import to_location
 
 log = logging.getLogger("trackd")
 

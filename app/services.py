@@ -8,8 +8,8 @@ from app.db import Pool
 from app.journal import Journal
 from app.metrics import HotPathMeter, Metrics
 from app.settings import Settings
-from app.tokens import KeyRing
 from app.writer import Writer
+from trackd_links.tokens import KeyRing
 
 
 @dataclass

@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     @classmethod
     def _fallback(cls, value: str | None) -> str | None:
         if value:
-            from app.urls import InvalidURL, to_location
+            from trackd_links.urls import InvalidURL, to_location
 
             try:
                 to_location(value)
@@ -175,7 +175,7 @@ class Settings(BaseSettings):
     @field_validator("signing_keys")
     @classmethod
     def _keys(cls, value: list[str]) -> list[str]:
-        from app.tokens import SigningKey
+        from trackd_links.tokens import SigningKey
 
         for spec in value:
             try:

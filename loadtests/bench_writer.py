@@ -28,8 +28,8 @@ from app.events import EventIds, RawEvent
 from app.journal import Journal
 from app.metrics import Metrics
 from app.settings import FsyncPolicy, Settings
-from app.tokens import KIND_CLICK, KIND_OPEN, KeyRing
 from app.writer import Writer
+from trackd_links.tokens import KIND_CLICK, KIND_OPEN, KeyRing
 
 _UA = b"Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148"
 

@@ -17,8 +17,8 @@ import random
 
 from locust import FastHttpUser, between, task
 
-from app.tokens import KeyRing
 from loadtests.mix import Mix
+from trackd_links.tokens import KeyRing
 
 _KEYS = [k for k in os.environ.get("TRACKD_SIGNING_KEYS", "").split(",") if k]
 if not _KEYS:

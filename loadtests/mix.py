@@ -8,7 +8,7 @@ import itertools
 import random
 from dataclasses import dataclass
 
-from app.tokens import KeyRing
+from trackd_links.tokens import KeyRing
 
 OPEN_SHARE = 0.70
 CLICK_SHARE = 0.25

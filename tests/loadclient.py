@@ -9,8 +9,8 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
-from app.tokens import KeyRing
 from tests.support import SIGNING_KEYS
+from trackd_links.tokens import KeyRing
 
 RING = KeyRing.from_specs(SIGNING_KEYS.split(","))
 

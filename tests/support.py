@@ -20,6 +20,7 @@ import httpx
 
 from app.pgserver import EmbeddedPostgres
 from loadtests import harness
+from trackd_links.tokens import KIND_CLICK, KeyRing
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGNING_KEYS = "k2:test-secret-number-two-abcdef,k1:test-secret-number-one-abcdef"
@@ -174,3 +175,13 @@ def metric(base_url: str, name: str, labels: dict[str, str] | None = None) -> fl
     if not found:
         raise KeyError(f"no sample {name} {labels or ''} in /metrics")
     return total
+
+
+def v1_payload(ring: KeyRing, kind: int, campaign: str, recipient: str, url: str | None = None, *,
+               link_index: int = 0, sent_at: int | None = None) -> bytes:  # fmt: skip
+    """A version 1 token's signed payload (docs/tokens.md, "Version 1"), as format 1 journal
+    records of earlier versions hold them."""
+    ids = bytes((len(campaign.encode()),)) + campaign.encode() + bytes((len(recipient.encode()),)) + recipient.encode()
+    if kind == KIND_CLICK:
+        return ring._head(kind, sent_at) + link_index.to_bytes(2, "big") + ids + (url or "").encode("ascii")
+    return ring._head(kind, sent_at) + ids

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from app.pgserver import EmbeddedPostgres
-from app.tokens import KIND_CLICK, KIND_OPEN, KeyRing
 from tests.support import API_KEY, ROOT, SIGNING_KEYS, ServerProcess, postgres_dir
+from trackd_links.tokens import KIND_CLICK, KIND_OPEN, KeyRing
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -101,7 +101,7 @@ async def test_pixel(api: httpx.Client, client: httpx.Client, db: asyncpg.Connec
 def _bad_click_tokens(good: str) -> dict[str, str]:
     import base64
 
-    from app.tokens import KeyRing, _b64encode
+    from trackd_links.tokens import KeyRing, _b64encode
 
     raw = bytearray(base64.urlsafe_b64decode(good + "=" * (-len(good) % 4)))
     wrong_version = bytes([9]) + bytes(raw[1:])

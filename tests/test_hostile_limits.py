@@ -25,8 +25,8 @@ import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from app.pgserver import EmbeddedPostgres
-from app.tokens import KeyRing
 from tests.support import SIGNING_KEYS, ServerProcess, embedded_postgres, metric
+from trackd_links.tokens import KeyRing
 
 RING = KeyRing.from_specs(SIGNING_KEYS.split(","))
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/133.0"

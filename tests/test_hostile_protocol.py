@@ -14,8 +14,8 @@ import httpx
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
-from app.tokens import KeyRing
 from tests.support import SIGNING_KEYS, ServerProcess, metric
+from trackd_links.tokens import KeyRing
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ from app.copyrows import RowEncoder
 from app.hotpath import HotPath
 from app.metrics import HotPathMeter, Metrics
 from app.settings import Settings
-from app.tokens import KeyRing
+from trackd_links.tokens import KeyRing
 
 RING = KeyRing.from_specs(["h1:hot-path-test-secret-0123456789"])
 

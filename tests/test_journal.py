@@ -28,7 +28,8 @@ from app.journal import (
     try_lock,
 )
 from app.settings import FsyncPolicy, Settings
-from app.tokens import KIND_OPEN, KeyRing
+from tests.support import v1_payload
+from trackd_links.tokens import KIND_OPEN, KeyRing
 
 events = st.builds(
     RawEvent,
@@ -49,16 +50,16 @@ def test_encode_decode_round_trip(event: RawEvent) -> None:
 
 
 _RING = KeyRing.from_specs(["t:journal-test-secret-0123456789"])
-_PAYLOAD = _RING.verify(_RING.sign_open("campaign", "recipient"), KIND_OPEN) or b""
+_PAYLOAD = _RING.verify(_RING.sign_open("campaign", "recipient"), KIND_OPEN) or b""  # claims (rows)
+_V1_PAYLOAD = v1_payload(_RING, KIND_OPEN, "campaign", "recipient")  # what format 1 records hold
 _ROWS = RowEncoder(Settings())
-_AGENT = _ROWS.agent("open", False, b"UA").fields
 _CLIENT = _ROWS.client("127.0.0.1", None)
 _T0_US = 1_700_000_000_000_000
 
 
 def make_row(i: int) -> bytes:
     """A real `events` row whose id is `i` (the journal itself treats rows as opaque)."""
-    return _ROWS.row(0, i, _T0_US + i, _AGENT, _CLIENT, _PAYLOAD)
+    return _ROWS.row(0, i, _T0_US + i, KIND_OPEN, False, b"UA", _CLIENT, _PAYLOAD)
 
 
 def row_id(row: bytes) -> int:
@@ -71,7 +72,7 @@ def ids_of(batch: Batch) -> list[int]:
 
 def make_event(i: int) -> RawEvent:
     """A format 1 event, as earlier versions wrote them."""
-    return RawEvent(i, 1_700_000_000.0 + i, False, _PAYLOAD, "127.0.0.1", None, b"UA")
+    return RawEvent(i, 1_700_000_000.0 + i, False, _V1_PAYLOAD, "127.0.0.1", None, b"UA")
 
 
 def open_journal(root: Path, **kw: object) -> Journal:

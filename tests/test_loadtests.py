@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from app.tokens import KIND_CLICK, KIND_OPEN, KeyRing, click_location
 from loadtests import loadtest, profile, wrk
 from loadtests.mix import BAD_SHARE, CLICK_SHARE, OPEN_SHARE, Mix, tamper, zipf_cum_weights
+from trackd_links.tokens import KIND_CLICK, KIND_OPEN, KeyRing, click_location
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ["k1:loadtest-secret-0123456789abcdef"]

@@ -14,8 +14,8 @@ from app.classify import machine_reason
 from app.copyrows import RowEncoder, decode_row
 from app.events import RawEvent, RowMaker
 from app.settings import Settings
-from app.tokens import KeyRing
-from tests.support import API_KEY, running, wait_for_count
+from tests.support import API_KEY, running, v1_payload, wait_for_count
+from trackd_links.tokens import KIND_OPEN, KeyRing
 
 RING = KeyRing.from_specs(["k1:privacy-test-secret-0123"])
 
@@ -57,8 +57,7 @@ def test_forwarded_for_only_from_trusted_proxies() -> None:
 
 
 def test_row_trims_and_classifies() -> None:
-    payload = RING.verify(RING.sign_open("c", "r"), 0)
-    assert payload is not None
+    payload = v1_payload(RING, KIND_OPEN, "c", "r")  # format 1 records hold version 1 payloads
     event = RawEvent(1 << 80, 1_700_000_000.5, False, payload, "192.0.2.1", None, b"Mozilla/5.0")
     encoder = RowEncoder(Settings())
     row = decode_row(encoder.from_event(event)[0])

@@ -13,9 +13,9 @@ import uuid
 import asyncpg
 import pytest
 
-from app.tokens import KIND_CLICK, KIND_OPEN
 from tests.support import ServerProcess, metric
 from tests.test_hostile_protocol import RING, connect, read_until_closed, request
+from trackd_links.tokens import KIND_CLICK, KIND_OPEN
 
 pytestmark = pytest.mark.e2e
 

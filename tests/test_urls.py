@@ -8,8 +8,8 @@ import json
 import httpx
 import pytest
 
-from app.urls import InvalidURL, to_location
 from tests.url_corpus import CORPUS, REJECTED
+from trackd_links.urls import InvalidURL, to_location
 
 
 @pytest.mark.parametrize(("label", "url", "expected"), CORPUS, ids=[c[0] for c in CORPUS])

@@ -7,7 +7,7 @@
 The invariant: when `to_location` accepts a string, a browser accepts it too, and reads our
 `Location` as the very URL it reads the sender's string as (same `href`). When a browser refuses
 a string, we refuse it. Where we refuse what browsers accept, it is policy, and the error's
-`reason` must be one of `app.urls.POLICY_REASONS` (documented there and in docs/reliability.md).
+`reason` must be one of `trackd_links.urls.POLICY_REASONS` (documented there and in docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import app.urls as urls
-from app.urls import InvalidURL, to_location
+import trackd_links.urls as urls
 from tests.url_corpus import CORPUS, REJECTED
+from trackd_links.urls import InvalidURL, to_location
 
 # getattr: so that these tests fail (rather than not import) against the code before item 8.
 POLICY_REASONS: frozenset[str] = getattr(urls, "POLICY_REASONS", frozenset())
 # Refused although ada accepts: Node 20 refuses these (or reads them differently).
 NODE_RULES: frozenset[str] = getattr(urls, "ADA_LENIENT_REASONS", frozenset())
 try:
-    from app.url_tables import NODE20_REFUSED_IN_HOST
+    from trackd_links.url_tables import NODE20_REFUSED_IN_HOST
 except ImportError:  # before item 8: the code points hostile-clients.md L4 names
     NODE20_REFUSED_IN_HOST = ((0x2062, 0x2062), (0x206A, 0x206F), (0xFFA0, 0xFFA0), (0x1E9E, 0x1E9E))
 

@@ -17,8 +17,9 @@ from app.events import EventIds, RawEvent
 from app.journal import Chunk, Journal, encode
 from app.metrics import Metrics
 from app.settings import FsyncPolicy, Settings
-from app.tokens import KeyRing
 from app.writer import Writer, is_data_error, partition_days
+from tests.support import v1_payload
+from trackd_links.tokens import KIND_CLICK, KeyRing
 
 RING = KeyRing.from_specs(["k1:writer-test-secret-0123"])
 
@@ -26,8 +27,7 @@ RING = KeyRing.from_specs(["k1:writer-test-secret-0123"])
 def raw_events(campaign: str, n: int) -> list[RawEvent]:
     ids = EventIds()
     now = time.time()
-    payload = RING.verify(RING.sign_click(campaign, "r", 0, "https://example.com/"), 1)
-    assert payload is not None
+    payload = v1_payload(RING, KIND_CLICK, campaign, "r", "https://example.com/")  # format 1 holds version 1
     return [RawEvent(ids.next(now), now - i * 0.01, False, payload, "127.0.0.1", None, b"UA") for i in range(n)]
 
 

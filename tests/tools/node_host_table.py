@@ -1,4 +1,4 @@
-"""Regenerate app/url_tables.py: which host code points Node 20 refuses while idna / ada accept.
+"""Regenerate trackd_links/url_tables.py: which host code points Node 20 refuses while idna / ada accept.
 
 Run: .venv/bin/python tests/tools/node_host_table.py > /tmp/table.txt (needs `node`; ~3 minutes).
 Each code point is tried as "https://a<c>b.com/" and "https://<c>.com/" in ONE node process; a code

@@ -26,7 +26,7 @@ import re
 import ada_url
 import idna
 
-from app.url_tables import NODE20_REFUSED_IN_HOST
+from trackd_links.url_tables import NODE20_REFUSED_IN_HOST
 
 MAX_URL_LENGTH = 2048
 
@@ -49,7 +49,7 @@ POLICY_REASONS: frozenset[str] = frozenset(
 
 # Refusals of what ada-url 4.0.0 accepts although Node 20 (browsers of today) refuse it or read it
 # differently: bad `xn--` labels (ada does not check them), host characters from newer Unicode
-# tables (app/url_tables.py), and a host idna and ada map to different names.
+# tables (trackd_links/url_tables.py), and a host idna and ada map to different names.
 ADA_LENIENT_REASONS: frozenset[str] = frozenset({"punycode", "node_host", "mismatch"})
 
 # WHATWG "C0 control or space", stripped at both ends, and "ASCII tab or newline", removed anywhere.
