@@ -33,7 +33,6 @@
 
 import { Buffer } from "node:buffer";
 import crypto from "node:crypto";
-import { readFileSync } from "node:fs";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 
@@ -552,14 +551,21 @@ function answer(request) {
   }
 }
 
-function main() {
+// stdin as a stream: readFileSync(0) fails with EAGAIN when the pipe is non-blocking and large.
+async function readStdin() {
+  const chunks = [];
+  for await (const chunk of process.stdin) chunks.push(chunk);
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+async function main() {
   if (process.argv.includes("--self-test")) {
     const failures = selfTest();
     for (const f of failures) process.stderr.write(`FAIL ${f}\n`);
     process.stdout.write(failures.length ? `${failures.length} failures\n` : "self-test: RFC 4493, RFC 5297 A.1, lengths ok\n");
     process.exit(failures.length ? 1 : 0);
   }
-  const requests = JSON.parse(readFileSync(0, "utf8"));
+  const requests = JSON.parse(await readStdin());
   if (!Array.isArray(requests)) throw new Error("stdin is not a JSON array");
   const results = requests.map((request) => {
     try {
@@ -571,4 +577,4 @@ function main() {
   process.stdout.write(JSON.stringify(results));
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) main();
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) await main();
