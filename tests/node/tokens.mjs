@@ -14,6 +14,10 @@
 //   {"op": "mint_v1", "key": "kid:secret", "kind": K, "fields": F}   -> {"token": "..."}
 //   {"op": "open",    "keys": ["kid:secret", ...], "kind": K, "token": "..."}
 //        -> {"version": 1|2, "kind": K, "kid": "...", "fields": F}
+//   {"op": "seal",    "key": "kid:secret", "kind": K, "plaintext": hex}  -> {"token": "..."}
+//        any plaintext (no field checks) under a version 2 header: for tokens that must be refused
+//   {"op": "seal_v1", "key": "kid:secret", "payload": hex}           -> {"token": "..."}
+//        any version 1 payload (its first bytes included), with its HMAC tag appended
 //   {"op": "derive",  "secret": "..."}                            -> {"key": hex (64 bytes)}
 //   {"op": "cmac",    "key": hex (16/24/32), "message": hex}      -> {"mac": hex}
 //   {"op": "siv_encrypt", "key": hex (32/48/64), "ad": [hex, ...], "plaintext": hex}
@@ -306,7 +310,19 @@ export function mint(keySpec, kind, fields) {
   return finishToken(Buffer.concat([header, sivEncrypt(key.sivKey, [header], Buffer.concat(parts))]));
 }
 
+// Any plaintext, sealed as a version 2 token of this kind: what a sender could make with the key.
+export function seal(keySpec, kind, plaintext) {
+  const key = parseKey(keySpec);
+  const header = Buffer.concat([u8(0x20 | kindNumber(kind)), withLength(key.kidBytes)]);
+  return Buffer.concat([header, sivEncrypt(key.sivKey, [header], plaintext)]).toString("base64url");
+}
+
 // --- version 1 (read only in trackd; minted here for the vectors) -------------------------------
+
+export function sealV1(keySpec, payload) {
+  const key = parseKey(keySpec);
+  return Buffer.concat([payload, v1Tag(key.secret, payload)]).toString("base64url");
+}
 
 export function mintV1(keySpec, kind, fields) {
   const key = parseKey(keySpec);
@@ -536,6 +552,10 @@ function answer(request) {
       return { token: mintV1(request.key, request.kind, request.fields ?? {}) };
     case "open":
       return open(request.keys, request.token, request.kind);
+    case "seal":
+      return { token: seal(request.key, request.kind, hex(request.plaintext)) };
+    case "seal_v1":
+      return { token: sealV1(request.key, hex(request.payload)) };
     case "derive":
       return { key: deriveSivKey(request.secret).toString("hex") };
     case "cmac":

@@ -1,9 +1,9 @@
-"""Make tests/vectors/tokens.json, the token test vectors of docs/tokens.md, with the Node
+"""Make tests/vectors/tokens.json and bad_tokens.json, the token test vectors of docs/tokens.md, with the Node
 implementation written from the spec alone (tests/node/tokens.mjs: `mint` for version 2,
 `mint_v1` for version 1). trackd's app.tokens is checked against the file, never used to make it.
 
-    python tests/vectors/make_vectors.py            # (re)writes tests/vectors/tokens.json
-    python tests/vectors/make_vectors.py --check    # exits 1 if the file is not what this makes
+    python tests/vectors/make_vectors.py            # (re)writes both files
+    python tests/vectors/make_vectors.py --check    # exits 1 if they are not what this makes
 
 Each vector: {"name", "version", "kind", "keys": ["kid:secret", ...] (the first mints, all
 open), "fields": {...}, "token"}. `fields` always has all nine keys, as Node's `open` gives them
@@ -24,12 +24,19 @@ The cases (CASES below), by name prefix `v{version}-{kind}-`:
 - sent_at 0 and 2^32-1 in both versions and kinds; the largest token (every field at its limit).
 
 Every URL is printable ASCII and already in the form trackd sends (the spec's `url`).
+
+bad_tokens.json: tokens made WITH the key (Node's raw `seal` / `seal_v1`: any plaintext) that
+break one rule of step 4 of "Opening a token" (or, for version 1, the same field rules: the
+spec gives version 1's layout but not its opening rules, so version 2's are assumed). Each:
+{"name", "version", "kind" (the path it is opened on), "keys", "token", "why"}; every one must
+be refused. Valid vectors cannot test these rules: only a key holder can make such a token.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -39,6 +46,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 NODE_TOKENS = HERE.parent / "node" / "tokens.mjs"
 VECTORS = HERE / "tokens.json"
+BAD_VECTORS = HERE / "bad_tokens.json"
 
 Json = dict[str, Any]
 
@@ -202,6 +210,102 @@ def v1_cases() -> list[Json]:
 CASES: list[Json] = v2_cases() + v1_cases()
 
 
+def _click(flags: int = 0, ids: bytes = b"\x01c\x01r", url: bytes = b"https://example.com/") -> bytes:
+    return struct.pack(">IHB", SENT_AT, 7, flags) + ids + url
+
+
+def _open(flags: int = 0, ids: bytes = b"\x01c\x01r") -> bytes:
+    return struct.pack(">IB", SENT_AT, flags) + ids
+
+
+def _v1(kind: int, rest: bytes, kid: bytes = b"k1") -> bytes:
+    return bytes((0x01, kind, len(kid))) + kid + struct.pack(">I", SENT_AT) + rest
+
+
+# (name, kind, plaintext, why): version 2, sealed with K1.
+BAD_V2: list[tuple[str, str, bytes, str]] = [
+    ("reserved-bit-5", "click", _click(0x20), "flag bit 5 is reserved"),
+    ("reserved-bit-6", "click", _click(0x40), "flag bit 6 is reserved"),
+    ("reserved-bit-7", "click", _click(0x80), "flag bit 7 is reserved"),
+    ("reserved-bit-5-open", "open", _open(0x20), "flag bit 5 is reserved"),
+    ("part-3", "click", _click(3), "part 3 is invalid"),
+    ("part-in-open", "open", _open(1), "an open's part bits are 0"),
+    ("part-3-in-open", "open", _open(3), "an open's part bits are 0"),
+    ("honeypot-in-open", "open", _open(4), "an open's honeypot bit is 0"),
+    ("link-name-in-open", "open", _open(8, b"\x01c\x01r\x01n"), "an open's link-name bit is 0"),
+    ("empty", "open", b"", "no sent_at"),
+    ("sent-at-short", "open", b"\x00\x00\x00", "sent_at runs past the end"),
+    ("link-index-short", "click", struct.pack(">IB", SENT_AT, 0), "link_index runs past the end"),
+    ("no-flags", "open", struct.pack(">I", SENT_AT), "no flags byte"),
+    ("no-campaign", "open", struct.pack(">IB", SENT_AT, 0), "no campaign_len"),
+    ("campaign-length-0", "click", _click(ids=b"\x00\x01r"), "campaign_len 0"),
+    ("campaign-past-end", "open", _open(ids=b"\x05c"), "campaign runs past the end"),
+    ("recipient-length-0", "open", _open(ids=b"\x01c\x00"), "recipient_len 0"),
+    ("recipient-past-end", "open", _open(ids=b"\x01c\x05r"), "recipient runs past the end"),
+    ("no-recipient", "open", _open(ids=b"\x01c"), "no recipient_len"),
+    ("link-name-length-0", "click", _click(8, b"\x01c\x01r\x00"), "name_len 0"),
+    ("link-name-65", "click", _click(8, b"\x01c\x01r\x41" + b"n" * 65), "name_len 65 is over 64"),
+    ("link-name-past-end", "click", _click(8, b"\x01c\x01r\xff", b"https://e.com/"), "link name runs past the end"),
+    ("message-length-0", "open", _open(16, b"\x01c\x01r\x00"), "message_len 0"),
+    ("message-missing", "open", _open(16), "flag bit 4 but no message id"),
+    ("message-past-end", "open", _open(16, b"\x01c\x01r\x09m"), "message id runs past the end"),
+    ("left-over-open", "open", _open(ids=b"\x01c\x01rx"), "bytes left over in an open"),
+    ("left-over-open-message", "open", _open(16, b"\x01c\x01r\x01mx"), "bytes left over in an open"),
+    ("no-url", "click", _click(url=b""), "a click's url is at least one byte"),
+    ("url-space", "click", _click(url=b"https://e.com/a b"), "url outside 0x21 to 0x7e"),
+    ("url-tab", "click", _click(url=b"https://e.com/\t"), "url outside 0x21 to 0x7e"),
+    ("url-nul", "click", _click(url=b"https://e.com/\x00"), "url outside 0x21 to 0x7e"),
+    ("url-del", "click", _click(url=b"https://e.com/\x7f"), "url outside 0x21 to 0x7e"),
+    ("url-utf8", "click", _click(url="https://e.com/ä".encode()), "url outside 0x21 to 0x7e"),
+    ("url-latin1", "click", _click(url=b"https://e.com/\xe4"), "url outside 0x21 to 0x7e"),
+    ("campaign-not-utf8", "click", _click(ids=b"\x01\xff\x01r"), "campaign is not UTF-8"),
+    ("recipient-overlong-utf8", "open", _open(ids=b"\x01c\x02\xc0\xaf"), "recipient is not UTF-8 (overlong)"),
+    ("recipient-surrogate", "open", _open(ids=b"\x01c\x03\xed\xa0\x80"), "recipient is not UTF-8 (a surrogate)"),
+    ("campaign-truncated-utf8", "open", _open(ids=b"\x02\xe3\x81\x01r"), "campaign is not UTF-8 (cut)"),
+    ("campaign-nul", "click", _click(ids=b"\x01\x00\x01r"), "campaign holds NUL"),
+    ("recipient-nul", "open", _open(ids=b"\x01c\x02r\x00"), "recipient holds NUL"),
+    ("link-name-not-utf8", "click", _click(8, b"\x01c\x01r\x01\x80"), "link name is not UTF-8"),
+    ("message-nul", "open", _open(16, b"\x01c\x01r\x01\x00"), "message id holds NUL"),
+]  # fmt: skip
+
+# (name, path kind, payload, why): version 1, tagged with K1's secret (version 2's field rules assumed).
+BAD_V1: list[tuple[str, str, bytes, str]] = [
+    ("kind-2", "click", _v1(2, struct.pack(">H", 7) + b"\x01c\x01rhttps://example.com/"), "kind 2"),
+    ("unknown-kid", "open", _v1(0, b"\x01c\x01r", b"k9"), "kid k9 names no key (the tag is K1's)"),
+    ("campaign-length-0", "open", _v1(0, b"\x00\x01r"), "campaign_len 0"),
+    ("recipient-past-end", "open", _v1(0, b"\x01c\x05r"), "recipient runs past the end"),
+    ("no-recipient", "open", _v1(0, b"\x01c"), "no recipient_len"),
+    ("left-over-open", "open", _v1(0, b"\x01c\x01rx"), "bytes left over in an open"),
+    ("link-index-short", "click", _v1(1, b"\x00"), "link_index runs past the end"),
+    ("no-url", "click", _v1(1, struct.pack(">H", 7) + b"\x01c\x01r"), "a click's url is at least one byte"),
+    ("url-space", "click", _v1(1, struct.pack(">H", 7) + b"\x01c\x01rhttps://e.com/a b"), "url outside 0x21 to 0x7e"),
+    ("url-utf8", "click", _v1(1, b"\x00\x07\x01c\x01r" + "https://e.com/ä".encode()), "url outside 0x21 to 0x7e"),
+    ("campaign-not-utf8", "open", _v1(0, b"\x01\xff\x01r"), "campaign is not UTF-8"),
+    ("campaign-nul", "open", _v1(0, b"\x01\x00\x01r"), "campaign holds NUL"),
+]  # fmt: skip
+
+
+def build_bad(run: Callable[[list[Json]], list[Json]] | None = None) -> list[Json]:
+    """The bad tokens: sealed by Node with K1, each checked to be refused by Node."""
+    run = run or node_runner
+    cases = [
+        (f"v2-{name}", 2, kind, {"op": "seal", "key": K1, "kind": kind, "plaintext": p.hex()}, why)
+        for name, kind, p, why in BAD_V2
+    ]
+    cases += [
+        (f"v1-{name}", 1, kind, {"op": "seal_v1", "key": K1, "payload": p.hex()}, why) for name, kind, p, why in BAD_V1
+    ]
+    sealed = run([request for _, _, _, request, _ in cases])
+    bad = [
+        {"name": name, "version": version, "kind": kind, "keys": [K1, K_OLD], "token": answer["token"], "why": why}
+        for (name, version, kind, _, why), answer in zip(cases, sealed, strict=True)
+    ]
+    opened = run([{"op": "open", "keys": b["keys"], "kind": b["kind"], "token": b["token"]} for b in bad])
+    for b, answer in zip(bad, opened, strict=True):
+        assert answer.keys() == {"error"}, (b["name"], answer)
+    return bad
+
+
 def node_runner(requests: list[Json]) -> list[Json]:
     node = shutil.which("node")
     if node is None:
@@ -248,14 +352,16 @@ def render(vectors: list[Json]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    text = render(build())
+    made = {VECTORS: build(), BAD_VECTORS: build_bad()}
+    outputs = {path: render(vectors) for path, vectors in made.items()}
     if "--check" in argv:
-        if VECTORS.read_text("utf-8") != text:
-            print(f"{VECTORS} is not what {Path(__file__).name} makes: run it", file=sys.stderr)
-            return 1
-        return 0
-    VECTORS.write_text(text, "utf-8")
-    print(f"wrote {len(CASES)} vectors to {VECTORS}")
+        stale = [path for path, text in outputs.items() if path.read_text("utf-8") != text]
+        for path in stale:
+            print(f"{path} is not what {Path(__file__).name} makes: run it", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        path.write_text(text, "utf-8")
+        print(f"wrote {len(made[path])} vectors to {path}")
     return 0
 
 
