@@ -34,7 +34,8 @@ log = logging.getLogger("trackd.hotpath")
 
 # A signed Location with a control byte (CR, LF, NUL, ... DEL) or a non-ASCII byte would split
 # or corrupt the response head on app.protocol's path: such a click is a bad token (finding L1).
-_UNSAFE_LOCATION = re.compile(rb"[\x00-\x1f\x7f-\xff]")
+# A space is refused too: docs/tokens.md allows printable ASCII only (the signer never makes one).
+_UNSAFE_LOCATION = re.compile(rb"[\x00-\x20\x7f-\xff]")
 
 Scope = dict[str, Any]
 

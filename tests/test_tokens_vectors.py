@@ -122,7 +122,7 @@ def test_node_refuses_vectors_on_the_other_path_or_without_their_key() -> None:
 
 def expected_claims(vector: Json) -> dict[str, Any]:
     """The LinkClaims a vector opens to, as a dict (field for field, by name). An open's part is
-    "api" (its part bits are 0) and its honeypot False; a version 1 token's too."""
+    None and its honeypot False; a version 1 click's part is "api"."""
     return {"kind": KINDS[vector["kind"]], "kid": kid_of(vector), "version": vector["version"], **vector["fields"]}
 
 

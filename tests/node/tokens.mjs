@@ -30,10 +30,10 @@
 // Fields F (what mint takes and open gives back; open always gives every key):
 //   {"sent_at": 0..2^32-1 (mint: omitted or null means now), "link_index": 0..65535 | null,
 //    "campaign_id": str, "recipient_id": str, "url": str | null, "link_name": str | null,
-//    "message_id": str | null, "part": "api" | "html" | "text", "honeypot": bool}
-// An open has link_index, url and link_name null, part "api" and honeypot false (its flag bits
-// 0-3 are 0, and part 0 is "api"); a version 1 token has link_name and message_id null, part
-// "api" and honeypot false (docs/tokens.md, "Version 1").
+//    "message_id": str | null, "part": "api" | "html" | "text" | null (opens), "honeypot": bool}
+// An open has link_index, url, link_name and part null and honeypot false (its flag bits 0-3
+// are 0); a version 1 click has link_name and message_id null, part "api" and honeypot false
+// (docs/tokens.md, "Version 1").
 
 import { Buffer } from "node:buffer";
 import crypto from "node:crypto";
@@ -446,7 +446,7 @@ function openV2(keys, raw, k) {
   fields.url = null;
   if (k === KINDS.click) fields.url = readUrl(r);
   else if (r.left !== 0) throw new BadToken("bytes left over in an open");
-  fields.part = PARTS[flags & 0x03];
+  fields.part = k === KINDS.click ? PARTS[flags & 0x03] : null; // an open has no part
   fields.honeypot = Boolean(flags & (1 << 2));
   return { version: 2, kind: KIND_NAMES[k], kid: key.kid, fields: ordered(fields) };
 }
@@ -470,7 +470,7 @@ function openV1(keys, raw, k) {
   fields.url = null;
   if (k === KINDS.click) fields.url = readUrl(r);
   else if (r.left !== 0) throw new BadToken("bytes left over in an open");
-  Object.assign(fields, { link_name: null, message_id: null, part: "api", honeypot: false });
+  Object.assign(fields, { link_name: null, message_id: null, part: k === KINDS.click ? "api" : null, honeypot: false });
   return { version: 1, kind: KIND_NAMES[k], kid: key.kid, fields: ordered(fields) };
 }
 

@@ -79,7 +79,7 @@ MESSAGE = "<20260101.5f3a9c@mail.example.com>"
 MESSAGE_255 = "<" + "m" * 241 + "@example.com>"
 assert len(NAME_64_UTF8.encode()) == 64 and len(MESSAGE_255.encode()) == 255
 
-OPEN_ONLY = {"link_index": None, "url": None, "link_name": None, "part": "api", "honeypot": False}
+OPEN_ONLY = {"link_index": None, "url": None, "link_name": None, "part": None, "honeypot": False}
 
 
 def fields(kind: str, **given: Any) -> Json:
