@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app import __version__
 from app.services import Services
-from trackd_links.tokens import SigningError
+from trackd_links.tokens import KeyRing, SigningError
 from trackd_links.urls import InvalidURL
 
 MAX_LINKS = 1000
@@ -79,11 +79,20 @@ class TrackingURLsRequest(BaseModel):
     recipient_id: str = Field(min_length=1, max_length=255)
     links: list[str] = Field(default_factory=list, max_length=MAX_LINKS)
     sent_at: int | None = Field(default=None, ge=0, lt=2**32, description="unix seconds; default now")
+    # Links v2 (docs/tokens.md): carried inside the tokens, kept in `events` with every event.
+    link_names: list[str | None] | None = Field(
+        default=None, max_length=MAX_LINKS,
+        description="one name per link (or null), e.g. hero-cta: per-link stats by name, up to 64 bytes",
+    )  # fmt: skip
+    message_id: str | None = Field(default=None, min_length=1, description="the sender's message id (send logs)")
+    honeypot: bool = Field(default=False, description="also return honeypot_url: a link only machines follow")
+    honeypot_link: str | None = Field(default=None, description="where honeypot_url goes; default the first link")
 
 
 class TrackingURLsResponse(BaseModel):
     open_url: str
     click_urls: list[str]
+    honeypot_url: str | None = None
 
 
 class CampaignStats(BaseModel):
@@ -136,12 +145,18 @@ _BODY_SCHEMA = {
 }
 
 
-@v1.post("/tracking-urls", response_model=TrackingURLsResponse, openapi_extra=_BODY_SCHEMA)
+@v1.post("/tracking-urls", response_model=TrackingURLsResponse, response_model_exclude_none=True,
+         openapi_extra=_BODY_SCHEMA)
 async def tracking_urls(request: Request, svc: Authorised) -> dict[str, Any]:
     body = await _parse_body(request)
     ring, base = svc.keyring, svc.settings.base_url
+    names = body.link_names
+    if names is not None and len(names) != len(body.links):
+        raise APIError(422, "invalid_request", f"link_names has {len(names)} entries for {len(body.links)} links:"
+                       " one name (or null) per link")  # fmt: skip
+    ids = body.campaign_id, body.recipient_id
     try:
-        open_token = ring.sign_open(body.campaign_id, body.recipient_id, sent_at=body.sent_at)
+        open_token = ring.sign_open(*ids, sent_at=body.sent_at, message_id=body.message_id)
     except SigningError as exc:
         raise APIError(422, "invalid_request", str(exc)) from None
     click_urls = []
@@ -149,11 +164,30 @@ async def tracking_urls(request: Request, svc: Authorised) -> dict[str, Any]:
         if index and index % SIGN_SLICE == 0:
             await asyncio.sleep(0)
         try:
-            token = ring.sign_click(body.campaign_id, body.recipient_id, index, link, sent_at=body.sent_at)
+            token = ring.sign_click(*ids, index, link, sent_at=body.sent_at, message_id=body.message_id,
+                                    link_name=None if names is None else names[index])  # fmt: skip
         except (InvalidURL, SigningError) as exc:
             raise APIError(422, "invalid_link", f"links[{index}]: {exc}", link=link, index=index) from None
         click_urls.append(f"{base}/c/{token}")
-    return {"open_url": f"{base}/o/{open_token}.gif", "click_urls": click_urls}
+    out: dict[str, Any] = {"open_url": f"{base}/o/{open_token}.gif", "click_urls": click_urls}
+    if body.honeypot:
+        out["honeypot_url"] = _honeypot_url(ring, body, base)
+    return out
+
+
+def _honeypot_url(ring: KeyRing, body: TrackingURLsRequest, base: str) -> str:
+    """A click URL with the honeypot flag (docs/tokens.md): meant for a link no person sees, so
+    its click is recorded as a machine's (reason honeypot). It goes where a real link of the
+    email goes (`honeypot_link`, else the first link, else trackd's own base URL), so that a
+    scanner sees nothing special; its link index follows the real links'."""
+    target = body.honeypot_link or (body.links[0] if body.links else f"{base}/")
+    index = min(len(body.links), 0xFFFF)
+    try:
+        token = ring.sign_click(body.campaign_id, body.recipient_id, index, target, sent_at=body.sent_at,
+                                message_id=body.message_id, honeypot=True)  # fmt: skip
+    except (InvalidURL, SigningError) as exc:
+        raise APIError(422, "invalid_link", f"honeypot_link: {exc}", link=target) from None
+    return f"{base}/c/{token}"
 
 
 _STATS_SQL = """
