@@ -17,6 +17,7 @@ WORKDIR /src
 # Dependencies first, from the exact pins, so a code-only change reuses this layer.
 COPY pyproject.toml constraints.txt README.md ./
 COPY app ./app
+COPY trackd_links ./trackd_links
 RUN pip install --no-cache-dir -c constraints.txt . \
     && python -m compileall -q -j 0 /opt/venv
 

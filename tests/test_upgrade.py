@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.support import ROOT, ServerProcess
+from tests.support import ROOT, SIGNING_KEYS, ServerProcess
 from trackd_links.tokens import KIND_CLICK, KeyRing
 
 pytestmark = pytest.mark.e2e
@@ -71,3 +72,28 @@ def test_a_journal_written_before_links_v2_replays(tmp_path: Path, database_url:
         assert answer.status_code == 302 and answer.headers["location"] == "https://shop.example.com/"
     finally:
         server.stop()
+
+
+def test_version_1_tokens_open_on_both_paths(server: ServerProcess) -> None:
+    """A version 1 click and pixel alone on a connection (answered below ASGI, app.protocol) and
+    pipelined behind another request (uvicorn queues them: the ASGI path, app.hotpath)."""
+    ring = KeyRing.from_specs(SIGNING_KEYS.split(","))
+    click = ring._seal(ring._head(KIND_CLICK, 1_700_000_000) + b"\x00\x01\x03c-1\x04r-42https://shop.example.com/v1")
+    pixel = ring._seal(ring._head(0, 1_700_000_000) + b"\x03c-1\x04r-42")
+
+    def request(path: str) -> bytes:
+        return f"GET {path} HTTP/1.1\r\nHost: t.example\r\nUser-Agent: Mozilla/5.0 (X11)\r\n\r\n".encode()
+
+    for pipelined in (False, True):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            head = request("/healthz") if pipelined else b""
+            sock.sendall(head + request(f"/c/{click}") + request(f"/o/{pixel}.gif"))
+            data = b""
+            while data.count(b"HTTP/1.1 ") < (3 if pipelined else 2) or not data.endswith(b";"):
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+        answers = data.split(b"HTTP/1.1 ")[1:]
+        click_answer, pixel_answer = answers[-2], answers[-1]
+        assert click_answer.startswith(b"302 ") and b"location: https://shop.example.com/v1\r\n" in click_answer
+        assert pixel_answer.startswith(b"200 ") and b"GIF89a" in pixel_answer
