@@ -128,6 +128,8 @@ def serve(args: argparse.Namespace) -> int:
             loop="uvloop",
             # uvicorn's httptools protocol, answering /c/ and /o/ without an ASGI cycle.
             http=TrackingProtocol,
+            # No WebSocket routes: an upgrade request is answered as plain HTTP (app.protocol).
+            ws="none",
             lifespan="on",
             # Client addresses are resolved by trackd itself, from TRACKD_TRUSTED_PROXIES only.
             proxy_headers=False,

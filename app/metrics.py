@@ -143,7 +143,7 @@ class Metrics:
             "trackd_client_events",
             "Connections and requests ended by the client or refused for its behaviour, by reason "
             "(disconnect, bad_request, target_too_long, headers_too_large, header_timeout, "
-            "pipeline_paused, connection_limit).",
+            "pipeline_paused, connection_limit, upgrade_refused).",
             ["reason"],
             registry=r,
         )

@@ -33,10 +33,14 @@ class Buckets:
         bucket = self._state.get(key)
         if bucket is None:
             bucket = self._add(key, now)
-        tokens = bucket[0] + (now - bucket[1]) * self.rate
-        if tokens > self.burst:
-            tokens = self.burst
-        bucket[1] = now
+        elapsed = now - bucket[1]
+        if elapsed > 0.0:
+            tokens = bucket[0] + elapsed * self.rate
+            if tokens > self.burst:
+                tokens = self.burst
+            bucket[1] = now
+        else:  # the clock stepped back (a wall clock: NTP): no refill, and no debt either
+            tokens = bucket[0]
         if tokens < 1.0:
             bucket[0] = tokens
             return False

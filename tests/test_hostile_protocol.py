@@ -4,6 +4,7 @@ L9 of the hostile-clients review): every limit of app.protocol, spoken to over r
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -269,3 +270,80 @@ def test_idle_keep_alive_is_closed_after_the_keep_alive_timeout(hostile: ServerP
         sock.close()
     assert set(closed) == {"idle", "crlf"}, closed
     assert all(4.8 < seconds < 7.5 for seconds in closed.values()), closed
+
+
+UPGRADE = ("GET /healthz HTTP/1.1\r\nHost: t.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()  # fmt: skip
+
+
+def test_upgrade_requests_do_not_hold_connection_slots(hostile: ServerProcess) -> None:
+    """Review finding: a WebSocket upgrade handed the transport to another protocol, so the
+    connection never left the count; MAX_CONNECTIONS of them and every new client was refused.
+    trackd has no WebSocket routes: the upgrade is answered as plain HTTP, counted, not logged."""
+    before = client_events(hostile, "upgrade_refused")
+    for _ in range(MAX_CONNECTIONS + 10):
+        sock = connect(hostile)
+        sock.sendall(UPGRADE)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 "), "no answer to an upgrade request"
+        sock.close()
+    time.sleep(0.3)
+    assert click_ms(hostile) < 500
+    assert metric(hostile.base_url, "trackd_open_connections") <= 2
+    assert client_events(hostile, "upgrade_refused") >= before + MAX_CONNECTIONS + 10
+    assert "Unsupported upgrade request" not in hostile.log()
+
+
+@pytest.mark.parametrize("head", [
+    f"GET {CLICK} HTTP/1.1\r\nHost: t.example\r\nContent-Length: 5\r\n\r\n",
+    "POST /v1/tracking-urls HTTP/1.1\r\nHost: t.example\r\nAuthorization: Bearer x\r\nContent-Length: 100\r\n\r\n",
+])  # fmt: skip
+def test_a_declared_body_never_sent_is_timed_out(hostile: ServerProcess, head: str) -> None:
+    """Review finding: a request whose body never came held its connection for good (no head
+    timeout after the head, no keep-alive while a request is open). The body must keep arriving:
+    TRACKD_HEADER_TIMEOUT_S (1 s here) between reads."""
+    sock = connect(hostile)
+    sock.sendall(head.encode())
+    started = time.monotonic()
+    assert closed_within(sock, 4), "a request with its body missing was never closed"
+    assert time.monotonic() - started < 3
+    sock.close()
+
+
+def test_a_body_that_keeps_arriving_is_waited_for_past_keep_alive(hostile: ServerProcess) -> None:
+    """Review finding (a regression of the keep-alive sweep): a request still arriving behind an
+    answered one was closed by the keep-alive timeout (5 s). A body trickling in, a byte every
+    0.7 s for 5.6 s, is waited for and answered, after the request before it."""
+    sock = connect(hostile, timeout=10)
+    sock.sendall(request("/healthz") + f"GET {CLICK} HTTP/1.1\r\nHost: t.example\r\nContent-Length: 8\r\n\r\n".encode())
+    for byte in b"12345678":
+        time.sleep(0.7)
+        sock.sendall(bytes((byte,)))
+    data = b""
+    deadline = time.monotonic() + 5
+    while data.count(b"HTTP/1.1 ") < 2 and time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed by the server: {data!r}"
+        data += chunk
+    sock.close()
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
+    assert statuses == [b"200", b"302"], data
+
+
+@pytest.mark.parametrize(("bad", "status"), [
+    (request(host=""), b"400"),
+    (request(path=CLICK + "?" + "x" * 9000), b"414"),
+    (request(host="Host: a\r\nHost: b\r\n"), b"400"),
+    (request(extra="X-Big: " + "a" * 40_000 + "\r\n"), b"431"),
+])  # fmt: skip
+def test_a_click_before_a_refused_request_gets_its_answer_first(hostile: ServerProcess, bad: bytes,
+                                                                status: bytes) -> None:  # fmt: skip
+    """Review finding: a request refused by one of trackd's own limits, pipelined behind a click
+    being answered, closed the connection before the click's 302 (whose event was recorded)."""
+    data = b""
+    sock = connect(hostile)
+    with contextlib.suppress(OSError):
+        sock.sendall(request() + bad)
+    data = read_until_closed(sock)
+    sock.close()
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
+    assert statuses == [b"302", status], data[:300]

@@ -87,3 +87,16 @@ async def test_one_token_or_one_address_cannot_fill_the_journal(tmp_path: Path, 
         # Exact: the rows kept and the events counted as dropped are the 139 requests answered.
         await wait_for_count(db, "SELECT count(*) FROM events WHERE campaign_id = $1", campaign, expected=50)
         assert 50 + by_token + by_client == 139
+
+
+def test_a_clock_stepping_back_neither_refills_nor_owes() -> None:
+    """Review finding: the hot path charges on the wall clock; an NTP step back made a debt of
+    (step x rate) tokens, refusing a legitimate address for as long again."""
+    clock = Clock()
+    clock.now = 1000.0
+    b = Buckets(2, 1.0, clock=clock)
+    assert b.take("a") and b.take("a") and not b.take("a")
+    clock.now = 970.0  # 30 s back
+    assert not b.take("a")  # no refill from a step back
+    clock.now = 1001.1
+    assert b.take("a")  # refilled as if the step never happened, not 30 s later

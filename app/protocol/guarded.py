@@ -48,9 +48,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self._hosts = 0  # Host headers in this request
         self._body = False  # a body follows this request's head
         self._in_head = False
+        self._in_body = False  # the head is complete and a body is still arriving
         self._head_bytes = 0
         self._began_here = False  # the current read began a request head
-        # loop.time() a request head began arriving / the connection fell idle; 0: it has not.
+        # loop.time() a request head began arriving (or its body last made progress) / the
+        # connection fell idle; 0: it has not.
         self._head_since = 0.0
         self._idle_since = 0.0
         self._counted = False
@@ -89,10 +91,19 @@ class GuardedProtocol(HttpToolsProtocol):
             app.metrics.open_connections.inc()
         self._head_since = self.loop.time()  # a client that connects and says nothing is timed too
         sweeping = limits.sweeping
-        if sweeping is None or sweeping.cancelled():
+        if sweeping is None or sweeping.cancelled() or limits.sweep_loop is not self.loop:
             self._schedule_sweep()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        self._head_since = self._idle_since = 0.0
+        self._gone()
+        if exc is not None or (self.cycle is not None and not self.cycle.response_complete):
+            self.count("disconnect")
+        super().connection_lost(exc)
+
+    def _release(self) -> None:
+        """This connection no longer counts against the cap or in the gauge."""
         if self._counted:
             self._counted = False
             limits = self._limits
@@ -102,15 +113,14 @@ class GuardedProtocol(HttpToolsProtocol):
             app = self.app
             if isinstance(app, HotPath):
                 app.metrics.open_connections.dec()
-        self._head_since = self._idle_since = 0.0
-        self._gone()
-        if exc is not None or (self.cycle is not None and not self.cycle.response_complete):
-            self.count("disconnect")
-        super().connection_lost(exc)
 
     def _schedule_sweep(self) -> None:
         period = min(self._limits.header_timeout, float(self.timeout_keep_alive)) / 4
-        self._limits.sweeping = self.loop.call_later(period, self._sweep, period)
+        limits = self._limits
+        if limits.sweeping is not None:
+            limits.sweeping.cancel()
+        limits.sweep_loop = self.loop  # a process may run more than one loop in turn (tests, embedders)
+        limits.sweeping = self.loop.call_later(period, self._sweep, period)
 
     def _sweep(self, period: float) -> None:
         """Every `period` (a quarter of the shortest timeout): close each connection whose head
@@ -121,6 +131,9 @@ class GuardedProtocol(HttpToolsProtocol):
         now = self.loop.time()
         head_timeout = limits.header_timeout
         for conn in list(limits.open):
+            if conn.loop is not self.loop:  # left over from a loop that has ended
+                limits.open.discard(conn)
+                continue
             if conn._head_since and now - conn._head_since > head_timeout:
                 conn._head_timed_out()
             elif conn._idle_since and now - conn._idle_since > conn.timeout_keep_alive:
@@ -154,11 +167,14 @@ class GuardedProtocol(HttpToolsProtocol):
         super()._start_asgi_task(cycle, app)
 
     def refuse(self, status: int, reason: str, text: bytes) -> None:
-        """Answer `status`, close, and stop the parser (raises _Refused out of its callback)."""
+        """Answer `status`, close, and stop the parser (raises _Refused out of its callback). If
+        a request before this one is still being answered here, its answer goes first."""
         self.count(reason)
-        if not self.transport.is_closing():
-            self.transport.write(refusal(status, text, self.server_state.default_headers))
-        self._close_all()
+        data = refusal(status, text, self.server_state.default_headers)
+        if not self.answer_pending_then(data):
+            if not self.transport.is_closing():
+                self.transport.write(data)
+            self._close_all()
         raise _Refused(reason)
 
     def send_400_response(self, msg: str) -> None:
@@ -166,10 +182,24 @@ class GuardedProtocol(HttpToolsProtocol):
         self._gone()
         super().send_400_response(msg)
 
-    def answer_pending_then_400(self) -> bool:
-        """Bytes llhttp refuses followed a request whose answer is still to be sent: whether
-        that answer goes first (app.protocol.tracking) rather than the 400 now."""
+    def answer_pending_then(self, refusal_bytes: bytes) -> bool:
+        """A request refused (by a limit or by llhttp) followed one whose answer is still to be
+        sent: whether that answer goes first, then `refusal_bytes` and the close (done by
+        app.protocol.tracking), rather than the refusal now."""
         return False
+
+    # -- WebSocket upgrades: trackd has no WebSocket routes ------------------------------------
+
+    def handle_websocket_upgrade(self) -> None:
+        # The transport goes to another protocol object: connection_lost will not come here,
+        # so this connection leaves the count now (or every upgrade would hold a slot for good).
+        self._release()
+        super().handle_websocket_upgrade()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # uvicorn logs two warnings per upgrade request (`trackd serve` runs with ws="none"):
+        # one client could flood the log. The request is answered as plain HTTP; count it.
+        self.count("upgrade_refused")
 
     # -- the parser: sizes checked as bytes arrive, accumulated linearly ----------------------
 
@@ -188,12 +218,16 @@ class GuardedProtocol(HttpToolsProtocol):
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _Refused) or self.transport.is_closing():
                 return  # refused (answered and closed) in a callback
-            if self.answer_pending_then_400():
+            if self.answer_pending_then(refusal(400, b"Invalid HTTP request received.",
+                                                self.server_state.default_headers)):  # fmt: skip
+                self.count("bad_request")
                 return
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
             return
-        if self._in_head and not self._began_here and not self.transport.is_closing():
+        if self._in_body:
+            self._head_since = self.loop.time()  # the body made progress: its timeout starts again
+        elif self._in_head and not self._began_here and not self.transport.is_closing():
             # Only reads wholly inside one head are counted (a read that began it may hold
             # earlier requests): at most one read past the limit is ever parsed.
             self._head_bytes += len(data)
@@ -245,11 +279,24 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._head_since = 0.0
+        self._idle_since = 0.0
+        if self._body:
+            # A body follows: it too must keep arriving (TRACKD_HEADER_TIMEOUT_S between reads),
+            # or one declared and never sent would hold the connection for good.
+            self._in_body = True
+            self._head_since = self.loop.time()
+        else:
+            self._head_since = 0.0
         if self._hosts != 1 and self.parser.get_http_version() == "1.1":
             self.refuse(400, "bad_request", b"Exactly one Host header is required.\n")
         if not self.answer_here():
             self.hand_to_uvicorn()
+
+    def on_message_complete(self) -> None:
+        if self._in_body:
+            self._in_body = False
+            self._head_since = 0.0
+        HttpToolsProtocol.on_message_complete(self)
 
     def answer_here(self) -> bool:
         """Whether this request is answered below ASGI (app.protocol.tracking); here, never."""
@@ -297,7 +344,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
-        else:
+        elif not self._in_head and not self._in_body:  # else the next request is timed as it arrives
             self._idle_since = self.loop.time()
 
     def _hold(self) -> None:

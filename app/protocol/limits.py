@@ -39,6 +39,7 @@ class ProcessLimits:
         self.open: set[GuardedProtocol] = set()
         self.at_cap = False
         self.sweeping: asyncio.TimerHandle | None = None
+        self.sweep_loop: asyncio.AbstractEventLoop | None = None
 
 
 @functools.cache

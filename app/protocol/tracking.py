@@ -49,7 +49,7 @@ class Answering:
     journal write: uvicorn's callbacks (a request body, the client going, shutdown) read and set
     these attributes of the current cycle."""
 
-    __slots__ = ("body", "disconnected", "keep_alive", "message_event", "more_body", "response_complete", "then_400")
+    __slots__ = ("body", "disconnected", "keep_alive", "message_event", "more_body", "response_complete", "then")
 
     def __init__(self, keep_alive: bool) -> None:
         self.keep_alive = keep_alive
@@ -58,7 +58,9 @@ class Answering:
         self.body = b""
         self.more_body = True
         self.message_event = _NOBODY_WAITS
-        self.then_400 = False  # bytes after this request were refused: 400 once it is answered
+        # The request after this one was refused (llhttp's 400, a limit's 414/431/400): that
+        # answer, written once this one's is, then the connection closes.
+        self.then: bytes | None = None
 
 
 class TrackingProtocol(GuardedProtocol):
@@ -68,12 +70,12 @@ class TrackingProtocol(GuardedProtocol):
         super().__init__(*args, **kwargs)
         self._deferred: functools.partial[bool] | None = None
 
-    def answer_pending_then_400(self) -> bool:
+    def answer_pending_then(self, refusal_bytes: bytes) -> bool:
         cycle = self.cycle
         if isinstance(cycle, Answering) and not cycle.response_complete:
-            # The request before the bad bytes was decided (its event perhaps recorded): its
-            # answer goes out first, then the 400 (L2). Nothing queued behind it ran.
-            cycle.then_400 = True
+            # The request before the refused one was decided (its event perhaps recorded): its
+            # answer goes out first, then the refusal (L2). Nothing queued behind it ran.
+            cycle.then = refusal_bytes
             self.pipeline.clear()
             self.flow.pause_reading()
             return True
@@ -122,11 +124,16 @@ class TrackingProtocol(GuardedProtocol):
             waiting = Answering(keep_alive)
             waiting.response_complete = True  # its body is skipped, not kept
             self.cycle = waiting  # type: ignore[assignment]
+            if self.expect_100_continue and not self.transport.is_closing():
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # or a strict client never sends it
             self._deferred = functools.partial(self._decide, kind, token, is_head, keep_alive, started)
             return True
         return self._decide(kind, token, is_head, keep_alive, started)
 
     def on_message_complete(self) -> None:
+        if self._in_body:
+            self._in_body = False
+            self._head_since = 0.0
         deferred = self._deferred
         if deferred is not None:
             self._deferred = None
@@ -188,10 +195,10 @@ class TrackingProtocol(GuardedProtocol):
                 parts += (b"\r\n", body)
                 transport.write(b"".join(parts))
             answering.response_complete = True
-            if answering.then_400:
+            if answering.then is not None:
                 if not transport.is_closing():
-                    self.logger.warning("Invalid HTTP request received.")
-                    self.send_400_response("Invalid HTTP request received.")
+                    transport.write(answering.then)
+                self._close_all()
             else:
                 if not answering.keep_alive:
                     transport.close()
