@@ -272,8 +272,8 @@ def test_idle_keep_alive_is_closed_after_the_keep_alive_timeout(hostile: ServerP
     assert all(4.8 < seconds < 7.5 for seconds in closed.values()), closed
 
 
-UPGRADE = ("GET /healthz HTTP/1.1\r\nHost: t.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()  # fmt: skip
+UPGRADE = (b"GET /healthz HTTP/1.1\r\nHost: t.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
 
 
 def test_upgrade_requests_do_not_hold_connection_slots(hostile: ServerProcess) -> None:
