@@ -145,8 +145,9 @@ _BODY_SCHEMA = {
 }
 
 
-@v1.post("/tracking-urls", response_model=TrackingURLsResponse, response_model_exclude_none=True,
-         openapi_extra=_BODY_SCHEMA)
+@v1.post(
+    "/tracking-urls", response_model=TrackingURLsResponse, response_model_exclude_none=True, openapi_extra=_BODY_SCHEMA
+)
 async def tracking_urls(request: Request, svc: Authorised) -> dict[str, Any]:
     body = await _parse_body(request)
     ring, base = svc.keyring, svc.settings.base_url
