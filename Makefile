@@ -12,7 +12,8 @@ STAMP  := $(VENV)/.installed
 # Debian packages the tests drive, as command:package. Installed with apt-get when we are root;
 # otherwise make stops and names them. chromium: tests/test_dashboard.py; promtool (package
 # prometheus): tests/test_observability.py; wrk: the benchmarks and tests/test_loadtests.py;
-# node (package nodejs): tests/test_urls_whatwg.py compares the signing check with Node's WHATWG URL.
+# node (package nodejs): tests/test_urls_whatwg.py compares the signing check with Node's WHATWG URL, and
+# tests/test_tokens_node.py, test_tokens_vectors.py and test_links_v2.py run the Node token implementation.
 DEBIAN_TOOLS := chromium:chromium promtool:prometheus wrk:wrk node:nodejs
 
 $(BIN)/python:
@@ -69,7 +70,7 @@ MISSING_PYTHONS := $(filter-out $(PRESENT_PYTHONS),$(OTHER_PYTHONS))
 # Code-level tests plus the writer on an embedded PostgreSQL (asyncpg is the riskiest wheel):
 # no server process, about 20 s per version.
 UNIT_TESTS := -m "not e2e and not faults" tests/test_tokens.py tests/test_urls.py tests/test_journal.py \
-	tests/test_writer.py tests/test_hotpath.py tests/test_ratelimit.py tests/test_settings.py
+	tests/test_writer.py tests/test_hotpath.py tests/test_ratelimit.py tests/test_settings.py tests/test_tokens_vectors.py
 
 .venv-%/.installed: pyproject.toml constraints.txt
 	$(PYTHON_$*) -m venv .venv-$*
