@@ -182,7 +182,9 @@ def _token_and_kind(given: str, kind: int | None) -> tuple[str, int | None]:
     from trackd_links.tokens import ARTICLES, KIND_CLICK, KIND_NAMES, KIND_OPEN
 
     given = given.strip()
-    if "/" not in given:
+    # A URL has a scheme or is a path; any other '/' is a bad token's (standard base64), and
+    # diagnose() says so better than "not a URL" would.
+    if "://" not in given and not given.startswith("/"):
         return given, kind
     # Only the last two segments: TRACKD_PUBLIC_URL may carry a path prefix a proxy strips.
     segments = urllib.parse.urlsplit(given).path.split("/")

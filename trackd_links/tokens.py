@@ -483,16 +483,26 @@ def diagnose(ring: KeyRing, token: str, kind: int | None = None) -> str:
             return f"authentic (key {kid!r}) but malformed: the payload ends before sent_at"
         claims = v1_claims(payload)
 
-    # Step 4: the fields.
+    # Step 4: the fields. The flags byte first, by name: layout() checks it in one test.
+    malformed = f"authentic (key {kid!r}) but malformed:"
+    flags_at = 6 if token_kind == KIND_CLICK else 4
+    if len(claims) > flags_at:
+        flags = claims[flags_at]
+        if flags & FLAG_RESERVED:
+            return f"{malformed} reserved flag bits set (0x{flags & FLAG_RESERVED:02x})"
+        if flags & FLAG_PART == FLAG_PART:
+            return f"{malformed} part 3 (only 0 api, 1 html, 2 text)"
+        if token_kind == KIND_OPEN and flags & OPEN_FLAGS_REFUSED:
+            return f"{malformed} an open with part, honeypot or link-name flags (flags 0x{flags:02x})"
     try:
         parse_claims(claims, token_kind, kid, version)
     except IndexError as exc:
         why = "a field runs past the end" if str(exc) == "index out of range" else str(exc)
-        return f"authentic (key {kid!r}) but malformed: {why}"
+        return f"{malformed} {why}"
     except struct.error:
-        return f"authentic (key {kid!r}) but malformed: too short for sent_at and link_index"
+        return f"{malformed} too short for sent_at and link_index"
     except UnicodeDecodeError:
-        return f"authentic (key {kid!r}) but malformed: a field is not valid UTF-8"
+        return f"{malformed} a field is not valid UTF-8"
     except ValueError as exc:
-        return f"authentic (key {kid!r}) but malformed: {exc}"
+        return f"{malformed} {exc}"
     return ""
