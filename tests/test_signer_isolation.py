@@ -40,9 +40,11 @@ from trackd_links import KeyRing
 ring = KeyRing.from_specs(os.environ["TRACKD_SIGNING_KEYS"].split(","))
 click = ring.sign_click({campaign!r}, "r-42", 0, {url!r}, link_name="hero-cta", message_id="m-1", part="html")
 pixel = ring.sign_open({campaign!r}, "r-42", message_id="m-1")
+trap = ring.sign_click({campaign!r}, "r-42", 1, {url!r}, part="html", honeypot=True)
 trackd_app = sorted(name for name, mod in sys.modules.items()
                     if (name == "app" or name.startswith("app.")) and mod is not app)
-print(json.dumps({{"click": click, "open": pixel, "app_file": app.__file__, "trackd_app_modules": trackd_app,
+print(json.dumps({{"click": click, "open": pixel, "honeypot": trap, "app_file": app.__file__,
+                  "trackd_app_modules": trackd_app,
                   "app_modules": sorted(n for n in sys.modules if n == "app" or n.startswith("app."))}}))
 """
 
@@ -111,7 +113,14 @@ async def test_signed_beside_a_senders_app_opens_and_redirects(tmp_path: Path, c
     assert redirect.status_code == 302 and redirect.headers["location"] == URL
     gif = client.get(f"/o/{tokens['open']}.gif")
     assert gif.status_code == 200 and gif.headers["content-type"] == "image/gif" and gif.content.startswith(b"GIF")
-    await wait_for_count(db, "SELECT count(*) FROM events WHERE campaign_id = $1", campaign, expected=2)
-    rows = await db.fetch("SELECT kind, link_name, part, message_id FROM events WHERE campaign_id = $1 ORDER BY kind",
-                          campaign)  # fmt: skip
-    assert [tuple(r) for r in rows] == [("click", "hero-cta", "html", "m-1"), ("open", None, None, "m-1")]
+    # A honeypot link redirects like any other; its click is recorded as a machine's.
+    trap = client.get(f"/c/{tokens['honeypot']}", headers={"User-Agent": "Mozilla/5.0 (X11) Firefox/120"})
+    assert trap.status_code == 302 and trap.headers["location"] == URL
+    await wait_for_count(db, "SELECT count(*) FROM events WHERE campaign_id = $1", campaign, expected=3)
+    rows = await db.fetch("SELECT kind, link_index, link_name, part, message_id, is_machine, machine_reason"
+                          " FROM events WHERE campaign_id = $1 ORDER BY kind, link_index", campaign)  # fmt: skip
+    assert [tuple(r) for r in rows] == [
+        ("click", 0, "hero-cta", "html", "m-1", False, None),
+        ("click", 1, None, "html", None, True, "honeypot"),
+        ("open", None, None, None, "m-1", False, None),
+    ]
