@@ -1,16 +1,19 @@
-"""`trackd serve | sign | migrate | keygen | sizing`."""
+"""`trackd serve | sign | decode | migrate | keygen | sizing`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import difflib
 import fcntl
+import json
 import logging
 import os
 import secrets
 import shutil
 import sys
+import urllib.parse
 from pathlib import Path
 
 from pydantic import AliasChoices, ValidationError
@@ -152,13 +155,111 @@ def sign(args: argparse.Namespace) -> int:
     settings = load_settings()
     ring = build_keyring(settings)
     base = settings.base_url
-    print(f"{base}/o/{ring.sign_open(args.campaign, args.recipient)}.gif")
+    try:
+        pixel = ring.sign_open(args.campaign, args.recipient, sent_at=args.sent_at, message_id=args.message_id)
+    except SigningError as exc:
+        print(f"trackd sign: {exc}", file=sys.stderr)
+        return 2
+    print(f"{base}/o/{pixel}.gif")
     for index, url in enumerate(args.urls):
         try:
-            print(f"{base}/c/{ring.sign_click(args.campaign, args.recipient, index, url)}")
+            token = ring.sign_click(
+                args.campaign, args.recipient, index, url, sent_at=args.sent_at, link_name=args.link_name,
+                message_id=args.message_id, part=args.part, honeypot=args.honeypot,
+            )  # fmt: skip
         except (InvalidURL, SigningError) as exc:
             print(f"trackd sign: {url!r}: {exc}", file=sys.stderr)
             return 2
+        print(f"{base}/c/{token}")
+    return 0
+
+
+class DecodeError(Exception):
+    """What `trackd decode` was given is not a token or tracked URL it can read (exit 2)."""
+
+
+def _token_and_kind(given: str, kind: int | None) -> tuple[str, int | None]:
+    """The token in `given` (a bare token, a tracked URL, or its path) and the kind to open it as:
+    a URL's path says it (`/c/` click, `/o/....gif` open) and must agree with --kind."""
+    from trackd_links.tokens import ARTICLES, KIND_CLICK, KIND_NAMES, KIND_OPEN
+
+    given = given.strip()
+    # A URL has a scheme or is a path; any other '/' is a bad token's (standard base64), and
+    # diagnose() says so better than "not a URL" would.
+    if "://" not in given and not given.startswith("/"):
+        return given, kind
+    # Only the last two segments: TRACKD_PUBLIC_URL may carry a path prefix a proxy strips.
+    segments = urllib.parse.urlsplit(given).path.split("/")
+    if len(segments) < 3 or segments[-2] not in ("c", "o"):
+        raise DecodeError(f"{given!r}: not a tracked URL (its path must end in /c/TOKEN or /o/TOKEN.gif)")
+    token = segments[-1]
+    if segments[-2] == "c":
+        path_kind = KIND_CLICK
+    elif token.endswith(".gif"):
+        path_kind, token = KIND_OPEN, token.removesuffix(".gif")
+    else:
+        raise DecodeError(f"{given!r}: an open pixel's path is /o/TOKEN.gif (trackd answers nothing else)")
+    if kind is not None and kind != path_kind:
+        raise DecodeError(f"--kind {KIND_NAMES[kind]}, but the URL's path is {ARTICLES[path_kind]}'s")
+    return token, path_kind
+
+
+def _field_text(value: object) -> str:
+    """A field's value on its `name: value` line. Ids and names are any UTF-8: one that could be
+    misread (a line break, outer spaces, empty, "-", a leading quote) is printed JSON-quoted;
+    "-" alone means the token has no such field."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    if isinstance(value, str) and (
+        not text or text == "-" or text.startswith('"') or text != text.strip() or not text.isprintable()
+    ):
+        return json.dumps(text)
+    return text
+
+
+def decode(args: argparse.Namespace) -> int:
+    from app.main import build_keyring
+    from trackd_links.tokens import KIND_CLICK, KIND_NAMES, KIND_OPEN, diagnose
+
+    wanted = {"click": KIND_CLICK, "open": KIND_OPEN, None: None}[args.kind]
+    try:
+        token, kind = _token_and_kind(args.token, wanted)
+    except DecodeError as exc:
+        print(f"trackd decode: {exc}", file=sys.stderr)
+        return 2
+    ring = build_keyring(load_settings())
+    for candidate in (kind,) if kind is not None else (KIND_CLICK, KIND_OPEN):
+        claims = ring.open(token, candidate)
+        if claims is not None:
+            break
+    else:
+        reason = diagnose(ring, token, kind) or "does not open (and no step of docs/tokens.md fails: a bug)"
+        print(f"trackd decode: {reason}", file=sys.stderr)
+        return 1
+    sent = datetime.datetime.fromtimestamp(claims.sent_at, datetime.UTC)
+    fields: dict[str, object] = {
+        "version": claims.version,
+        "kind": KIND_NAMES[claims.kind],
+        "kid": claims.kid,
+        "sent_at": sent.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "sent_at_unix": claims.sent_at,
+        "link_index": claims.link_index,
+        "campaign_id": claims.campaign_id,
+        "recipient_id": claims.recipient_id,
+        "url": claims.url,
+        "link_name": claims.link_name,
+        "message_id": claims.message_id,
+        "part": claims.part,
+        "honeypot": claims.honeypot,
+    }
+    if args.json:
+        print(json.dumps(fields, ensure_ascii=False))
+    else:
+        for name, value in fields.items():
+            print(f"{name}: {_field_text(value)}")
     return 0
 
 
@@ -195,8 +296,51 @@ def migrate_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_kids(spec: str) -> list[str]:
+    """The key ids of a TRACKD_SIGNING_KEYS value, read without keeping any secret."""
+    return [part.partition(":")[0].strip() for part in spec.split(",") if part.strip()]
+
+
 def keygen(args: argparse.Namespace) -> int:
-    print(f"{args.kid}:{secrets.token_urlsafe(32)}")
+    """The new `kid:secret` alone on stdout, so that `$(trackd keygen)` is the key; how to rotate
+    on stderr, naming the kids already in TRACKD_SIGNING_KEYS but never printing their secrets
+    (the advice is a shell line that expands the variable instead)."""
+    from trackd_links.tokens import SigningKey
+
+    existing = _existing_kids(os.environ.get("TRACKD_SIGNING_KEYS", ""))
+    if args.kid in existing:
+        print(f"trackd keygen: kid {args.kid!r} is already in TRACKD_SIGNING_KEYS ({', '.join(existing)});"
+              " kids must be unique: pass another --kid", file=sys.stderr)  # fmt: skip
+        return 2
+    key = f"{args.kid}:{secrets.token_urlsafe(32)}"
+    try:
+        SigningKey.parse(key)  # a kid the ring would refuse makes a key nobody can use
+    except ValueError as exc:
+        print(f"trackd keygen: {exc}", file=sys.stderr)
+        return 2
+    print(key)
+    if existing:
+        order = ", ".join([args.kid, *existing])
+        value = f'TRACKD_SIGNING_KEYS="{args.kid}:<the new secret above>,$TRACKD_SIGNING_KEYS"'
+        lines = [
+            f"# Rotation: the new key goes FIRST (it mints), the existing ones ({', '.join(existing)}) stay after it",
+            "# (they still open the links they minted). The resulting value, kids in this order:",
+            f"#   {order}",
+            f"#   {value}",
+        ]
+    else:
+        lines = [
+            "# TRACKD_SIGNING_KEYS is not set here. To rotate an existing ring, put the new key first:",
+            f'#   TRACKD_SIGNING_KEYS="{args.kid}:<the new secret above>,<the existing kid:secret pairs>"',
+        ]
+    lines += [
+        "# Keep every old key for as long as the emails carrying its links matter: links in sent emails",
+        "# are clicked for years, and dropping a key makes each of its links a bad token (404, or",
+        "# TRACKD_FALLBACK_URL). With several replicas, first add the new key LAST everywhere (it only",
+        "# opens), then move it first: no replica then mints a link another cannot open yet.",
+        '# In one step:  TRACKD_SIGNING_KEYS="$(trackd keygen --kid NEW 2>/dev/null),$TRACKD_SIGNING_KEYS"',
+    ]
+    print("\n".join(lines), file=sys.stderr)
     return 0
 
 
@@ -229,14 +373,35 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("sign", help="print the pixel URL and click URLs for one recipient")
     p.add_argument("--campaign", required=True)
     p.add_argument("--recipient", required=True)
+    p.add_argument("--link-name", help="the links' name (e.g. hero-cta), kept with each click")
+    p.add_argument("--message-id", help="the sender's message id, kept with each open and click")
+    p.add_argument("--part", choices=("api", "html", "text"), default="api", help="where the links are (default api)")
+    p.add_argument("--honeypot", action="store_true", help="links no person sees: their clicks count as machines")
+    p.add_argument("--sent-at", type=int, help="send time, unix seconds (default now)")
     p.add_argument("urls", nargs="*", metavar="URL")
     p.set_defaults(func=sign)
+
+    p = sub.add_parser(
+        "decode", help="print what a token says, or why it does not open",
+        description="Open a token with the keys of this environment (TRACKD_SIGNING_KEYS, else the dev key in"
+        " TRACKD_DATA_DIR) and print its fields, one 'name: value' a line ('-': no such field). If it does not"
+        " open, print why on stderr and exit 1.",
+    )  # fmt: skip
+    p.add_argument("token", metavar="TOKEN", help="a token, or a tracked URL (/c/TOKEN, /o/TOKEN.gif)")
+    p.add_argument("--kind", choices=("click", "open"), help="default: the URL's path, or either kind")
+    p.add_argument("--json", action="store_true", help="print the fields as one JSON object")
+    p.set_defaults(func=decode)
 
     p = sub.add_parser("migrate", help="apply database migrations and exit")
     p.set_defaults(func=migrate_cmd)
 
-    p = sub.add_parser("keygen", help="print a new signing key for TRACKD_SIGNING_KEYS")
-    p.add_argument("--kid", default="k1")
+    p = sub.add_parser(
+        "keygen", help="print a new signing key for TRACKD_SIGNING_KEYS",
+        description="Print a new signing key, 'kid:secret', alone on stdout (so $(trackd keygen) is the key), and"
+        " on stderr how to rotate to it: the new key first, the existing keys (named from TRACKD_SIGNING_KEYS,"
+        " secrets never printed) kept after it for as long as the emails carrying their links matter.",
+    )  # fmt: skip
+    p.add_argument("--kid", default="k1", help="the key's id, unique in the ring (e.g. 2026-11)")
     p.set_defaults(func=keygen)
 
     p = sub.add_parser("sizing", help="replicas, CPU and database load for a peak rate, from the benchmark")

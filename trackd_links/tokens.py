@@ -400,3 +400,109 @@ def load_or_create_dev_key(data_dir: Path) -> SigningKey:
     tmp.chmod(0o600)
     tmp.replace(path)
     return key
+
+
+# -- diagnosis (trackd decode) -----------------------------------------------------------------
+
+_B64URL_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+KIND_NAMES = {KIND_OPEN: "open", KIND_CLICK: "click"}
+_PATHS = {KIND_OPEN: "/o/{token}.gif", KIND_CLICK: "/c/{token}"}
+ARTICLES = {KIND_OPEN: "an open", KIND_CLICK: "a click"}
+
+
+def diagnose(ring: KeyRing, token: str, kind: int | None = None) -> str:
+    """Why `token` does not open as a token of `kind` with `ring` (None: the kind its own header
+    names), as one line; "" when it opens (then `ring.open` gives its fields).
+
+    It walks docs/tokens.md's "Opening a token" one step at a time and names the first that
+    fails. KeyRing.verify, the hot path, checks the same steps but only says None, and must stay
+    that way (every branch there costs every request): this is the slow twin for people, and
+    tests check the two agree on which tokens open."""
+    # Step 1: spelling. The alphabet first: a '+', '/' or '=' says more than a length would.
+    for i, char in enumerate(token):
+        if char not in _B64URL_ALPHABET:
+            hint = {
+                "=": " (padding: tokens are base64url without '=')",
+                "+": " (standard base64: tokens use '-' for '+')",
+                "/": " (standard base64: tokens use '_' for '/'; or a path was pasted with the token)",
+                "%": " (percent-escaped: trackd refuses escaped tokens, one spelling per token)",
+            }.get(char, "")
+            return f"not base64url: {char!r} at position {i}{hint}"
+    n = len(token)
+    if n < 24:
+        return f"wrong length: {n} characters, a token has at least 24 (cut short?)"
+    if n > MAX_TOKEN_CHARS:
+        return f"wrong length: {n} characters, a token has at most {MAX_TOKEN_CHARS}"
+    rem = n % 4
+    if rem == 1:
+        return f"wrong length: {n} characters, 1 more than a multiple of 4 is no base64 (a character lost or added?)"
+    data = token.encode("ascii").translate(_TO_STD_B64)
+    if rem and data[-1] not in _LAST_CHAR_OK[rem]:
+        return f"wrong spelling: the unused low bits of the last character {token[-1]!r} are not zero (altered?)"
+    raw = binascii.a2b_base64(data + b"=" * (-n % 4), strict_mode=True)
+
+    # Step 2: version, kind, key id.
+    first = raw[0]
+    if first in (0x20 | KIND_OPEN, 0x20 | KIND_CLICK):
+        version, token_kind, kid_at = VERSION, first & 0x0F, 1
+    elif first == VERSION_1:
+        version, token_kind, kid_at = VERSION_1, raw[1], 2
+        if token_kind not in KIND_NAMES:
+            return f"not a trackd token: version 1 with kind byte 0x{token_kind:02x} (0 open, 1 click)"
+    else:
+        return f"not a trackd token: first byte 0x{first:02x} is neither version 2 (0x20, 0x21) nor version 1 (0x01)"
+    if kind is not None and token_kind != kind:
+        return (
+            f"wrong kind: this is {ARTICLES[token_kind]} token (version {version}), not {ARTICLES[kind]};"
+            f" it is requested as {_PATHS[token_kind]}"
+        )
+    kid_len = raw[kid_at]
+    end = kid_at + 1 + kid_len
+    if end > len(raw):
+        return f"not a trackd token: its key id length ({kid_len}) runs past the end of the token"
+    kid_bytes = raw[kid_at + 1 : end]
+    kid = kid_bytes.decode("ascii", "backslashreplace")
+    known = ", ".join(k.kid for k in ring.keys)
+    if kid_bytes not in ring._sivs:
+        return f"unknown kid {kid!r}: made with a key not in this key ring ({known}); dropped from TRACKD_SIGNING_KEYS?"
+
+    # Step 3: the tag.
+    mismatch = f"tag does not match: not made with this ring's key {kid!r} (another secret under that kid) or altered"
+    if version == VERSION:
+        if len(raw) < end + TAG_BYTES + 1:
+            return f"wrong length: too short for key {kid!r}: no room for the 16-byte tag and a plaintext"
+        try:
+            claims = ring._sivs[kid_bytes].decrypt(raw[end:], [raw[:end]])
+        except InvalidTag:
+            return mismatch
+    else:
+        payload = raw[:-TAG_BYTES]
+        if not _compare_digest(_tag(ring._pads[kid_bytes], payload), raw[-TAG_BYTES:]):
+            return mismatch
+        if len(payload) < end + 4:
+            return f"authentic (key {kid!r}) but malformed: the payload ends before sent_at"
+        claims = v1_claims(payload)
+
+    # Step 4: the fields. The flags byte first, by name: layout() checks it in one test.
+    malformed = f"authentic (key {kid!r}) but malformed:"
+    flags_at = 6 if token_kind == KIND_CLICK else 4
+    if len(claims) > flags_at:
+        flags = claims[flags_at]
+        if flags & FLAG_RESERVED:
+            return f"{malformed} reserved flag bits set (0x{flags & FLAG_RESERVED:02x})"
+        if flags & FLAG_PART == FLAG_PART:
+            return f"{malformed} part 3 (only 0 api, 1 html, 2 text)"
+        if token_kind == KIND_OPEN and flags & OPEN_FLAGS_REFUSED:
+            return f"{malformed} an open with part, honeypot or link-name flags (flags 0x{flags:02x})"
+    try:
+        parse_claims(claims, token_kind, kid, version)
+    except IndexError as exc:
+        why = "a field runs past the end" if str(exc) == "index out of range" else str(exc)
+        return f"{malformed} {why}"
+    except struct.error:
+        return f"{malformed} too short for sent_at and link_index"
+    except UnicodeDecodeError:
+        return f"{malformed} a field is not valid UTF-8"
+    except ValueError as exc:
+        return f"{malformed} {exc}"
+    return ""
