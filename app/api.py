@@ -86,7 +86,9 @@ class TrackingURLsRequest(BaseModel):
     )  # fmt: skip
     message_id: str | None = Field(default=None, min_length=1, description="the sender's message id (send logs)")
     honeypot: bool = Field(default=False, description="also return honeypot_url: a link only machines follow")
-    honeypot_link: str | None = Field(default=None, description="where honeypot_url goes; default the first link")
+    honeypot_link: str | None = Field(
+        default=None, min_length=1, description="where honeypot_url goes; default the first link"
+    )
 
 
 class TrackingURLsResponse(BaseModel):
@@ -152,6 +154,8 @@ async def tracking_urls(request: Request, svc: Authorised) -> dict[str, Any]:
     body = await _parse_body(request)
     ring, base = svc.keyring, svc.settings.base_url
     names = body.link_names
+    if body.honeypot_link is not None and not body.honeypot:
+        raise APIError(422, "invalid_request", 'honeypot_link is given without "honeypot": true')
     if names is not None and len(names) != len(body.links):
         raise APIError(422, "invalid_request", f"link_names has {len(names)} entries for {len(body.links)} links:"
                        " one name (or null) per link")  # fmt: skip
@@ -167,8 +171,13 @@ async def tracking_urls(request: Request, svc: Authorised) -> dict[str, Any]:
         try:
             token = ring.sign_click(*ids, index, link, sent_at=body.sent_at, message_id=body.message_id,
                                     link_name=None if names is None else names[index])  # fmt: skip
-        except (InvalidURL, SigningError) as exc:
+        except InvalidURL as exc:
             raise APIError(422, "invalid_link", f"links[{index}]: {exc}", link=link, index=index) from None
+        except SigningError as exc:  # the URL passed: the link's name (or the ids) did not
+            field = "link_names" if names is not None and names[index] is not None and "link_name" in str(exc) else None
+            where = f"{field}[{index}]" if field else f"links[{index}]"
+            raise APIError(422, "invalid_request" if field else "invalid_link", f"{where}: {exc}", link=link,
+                           index=index, **({"field": field} if field else {})) from None  # fmt: skip
         click_urls.append(f"{base}/c/{token}")
     out: dict[str, Any] = {"open_url": f"{base}/o/{open_token}.gif", "click_urls": click_urls}
     if body.honeypot:
@@ -181,7 +190,7 @@ def _honeypot_url(ring: KeyRing, body: TrackingURLsRequest, base: str) -> str:
     its click is recorded as a machine's (reason honeypot). It goes where a real link of the
     email goes (`honeypot_link`, else the first link, else trackd's own base URL), so that a
     scanner sees nothing special; its link index follows the real links'."""
-    target = body.honeypot_link or (body.links[0] if body.links else f"{base}/")
+    target = body.honeypot_link if body.honeypot_link is not None else (body.links[0] if body.links else f"{base}/")
     index = min(len(body.links), 0xFFFF)
     try:
         token = ring.sign_click(body.campaign_id, body.recipient_id, index, target, sent_at=body.sent_at,

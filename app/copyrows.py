@@ -61,7 +61,8 @@ _LEN3 = b"\x00\x00\x00"  # the high bytes of an int32 length below 256 (campaign
 _PART_FIELDS = (b"\x00\x00\x00\x03api", b"\x00\x00\x00\x04html", b"\x00\x00\x00\x04text")
 # Flags a click must not have (reserved bits); part 3 is refused separately.
 _CLICK_FLAGS_REFUSED = 0xE0
-_TAIL_NULLS = _NULL * 3  # link_name, part, message_id of a row from before links v2
+_TAIL_NULLS = _NULL * 3  # link_name, part, message_id of an open from before links v2
+_UPGRADED_CLICK_TAIL = _NULL + _PART_FIELDS[0] + _NULL  # a click from before links v2: part api
 _INET_FAMILY = {4: 2, 6: 3}  # PGSQL_AF_INET, PGSQL_AF_INET6
 _MAX_CACHED_XFF = 256
 
@@ -226,16 +227,28 @@ def _optional_fields(claims: bytes, flags: int, at: int) -> tuple[int, bytes, by
 
 
 def upgrade_rows(rows: bytes) -> bytes:
-    """Rows journaled before links v2 (COLUMNS_V1, journal format 2) as rows of COLUMNS: the
-    new columns NULL. Raises ValueError on bytes that are not whole rows."""
+    """Rows journaled before links v2 (COLUMNS_V1, journal format 2) as rows of COLUMNS: link
+    name and message id NULL, and part `api` for a click (its token was a version 1 one, which
+    came from the API, as a version 1 click recorded now is) or NULL for an open. Raises
+    ValueError on bytes that are not whole rows."""
     old = struct.pack(">h", len(COLUMNS_V1))
     new = struct.pack(">h", len(COLUMNS))
     out: list[bytes] = []
     for row in split_rows(rows):
         if row[:2] != old:
             raise ValueError(f"a row of {struct.unpack_from('>h', row)[0]} fields in a format 2 frame")
-        out += (new, row[2:], _TAIL_NULLS)
+        out += (new, row[2:], _UPGRADED_CLICK_TAIL if _kind_of(row) == b"click" else _TAIL_NULLS)
     return b"".join(out)
+
+
+def _kind_of(row: bytes) -> bytes:
+    """The `kind` field's value of a row (the 4th column: id, occurred_at, ip, kind)."""
+    at = 2
+    for _ in range(3):
+        (length,) = _I32.unpack_from(row, at)
+        at += 4 + max(0, length)
+    (length,) = _I32.unpack_from(row, at)
+    return row[at + 4 : at + 4 + length]
 
 
 # -- reading rows back (dead letters, tests) -----------------------------------------------------

@@ -52,7 +52,9 @@ async def test_link_names_message_id_and_honeypot_land_in_events(api: httpx.Clie
     ("extra", "fragment"),
     [
         ({"link_names": ["a"]}, "link_names has 1 entries for 2 links"),
-        ({"link_names": ["a", "n" * 65]}, "link_name must be at most 64 bytes"),
+        ({"link_names": ["a", "n" * 65]}, "link_names[1]: link_name must be at most 64 bytes"),
+        ({"honeypot_link": "https://x.example/"}, "honeypot_link is given without"),
+        ({"honeypot": True, "honeypot_link": ""}, "honeypot_link"),
         ({"link_names": ["a", ""]}, "link_name must be a non-empty string"),
         ({"message_id": "m\x00"}, "message_id must not contain NUL"),
         ({"honeypot": True, "honeypot_link": "javascript:alert(1)"}, "honeypot_link"),

@@ -163,6 +163,19 @@ def test_version_1_tokens_keep_opening() -> None:
     assert RING.open(v1_open, KIND_OPEN) == (KIND_OPEN, "k2", 1, 9, None, "c-1", "r-42", None, None, None, None, False)
 
 
+@pytest.mark.parametrize("url", [b"https://e.com/\n", b"https://e.com/ x", b"https://e.com/\x7f", b"https://\xc3\xa9.com/"])
+def test_a_url_outside_printable_ascii_does_not_open(url: bytes) -> None:
+    """Review finding: open() accepted a URL ending in LF (`$` matches before a final newline)
+    while the hot path answered it as a bad token; both refuse it now (docs/tokens.md step 4)."""
+    from tests.test_hotpath import hot_path
+
+    token = RING._seal_v2(KIND_CLICK, b"\x00\x00\x00\x05\x00\x00" + b"\x00" + b"\x01c\x01r" + url)
+    assert RING.verify(token, KIND_CLICK) is not None and RING.open(token, KIND_CLICK) is None
+    hot, _, _ = hot_path()
+    hot.keyring = RING
+    assert hot.answer("click", False, token, [], "192.0.2.1").outcome == "bad_token"
+
+
 @pytest.mark.parametrize(
     ("kind", "plaintext"),
     [
@@ -277,7 +290,8 @@ def test_signing_refuses(campaign: str, recipient: str, index: int, url: str, er
         RING.sign_click(campaign, recipient, index, url)
 
 
-@pytest.mark.parametrize("spec", ["nokey", ":secret-long-enough-1234", "k1:short", "bad kid:secret-long-enough-1234"])
+@pytest.mark.parametrize("spec", ["nokey", ":secret-long-enough-1234", "k1:short", "bad kid:secret-long-enough-1234",
+                                  "dev\n:secret-long-enough-1234"])  # fmt: skip
 def test_bad_key_specs(spec: str) -> None:
     with pytest.raises(ValueError):
         SigningKey.parse(spec)

@@ -62,7 +62,7 @@ FLAG_RESERVED = 0xE0
 # What an open may carry: a message id only.
 OPEN_FLAGS_REFUSED = FLAG_PART | FLAG_HONEYPOT | FLAG_LINK_NAME | FLAG_RESERVED
 
-_KID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+_KID = re.compile(r"[A-Za-z0-9_.-]{1,32}")  # fullmatch: `$` would accept "dev\n"
 _TO_STD_B64 = bytes.maketrans(b"-_", b"+/")
 # For verifying: base64url to standard base64 in one pass, with '+', '/' and '=' mapped to a
 # byte strict base64 decoding refuses, so each token has one spelling (see KeyRing.verify).
@@ -80,7 +80,7 @@ _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _SENT_LINK = struct.Struct(">IH")
 _compare_digest = hmac.compare_digest
-_PRINTABLE_ASCII = re.compile(rb"^[\x21-\x7e]+$")
+_PRINTABLE_ASCII = re.compile(rb"[\x21-\x7e]+")  # used with fullmatch: `$` would let a final LF by
 
 
 class SigningError(ValueError):
@@ -112,7 +112,7 @@ class SigningKey:
     @classmethod
     def parse(cls, spec: str) -> SigningKey:
         kid, sep, secret = spec.partition(":")
-        if not sep or not _KID.match(kid):
+        if not sep or not _KID.fullmatch(kid):
             raise ValueError("a signing key is 'kid:secret' with kid of 1-32 characters [A-Za-z0-9_.-]")
         if len(secret) < 16:
             raise ValueError(f"signing key {kid!r}: the secret must have at least 16 characters")
@@ -370,7 +370,7 @@ def parse_claims(claims: bytes, kind: int, kid: str = "", version: int = VERSION
     if kind == KIND_CLICK:
         sent_at, link_index = _SENT_LINK.unpack_from(claims)
         url_bytes = claims[where.url_at :]
-        if not _PRINTABLE_ASCII.match(url_bytes):
+        if not _PRINTABLE_ASCII.fullmatch(url_bytes):
             raise ValueError("a URL outside printable ASCII")
         url: str | None = url_bytes.decode("ascii")
         part: str | None = PARTS[where.flags & FLAG_PART]

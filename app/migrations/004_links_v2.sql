@@ -1,6 +1,7 @@
 -- Links v2 (docs/tokens.md): what a token says about its link, kept with each event. A click
--- of a version 1 token is part 'api' with no name or message id (those tokens came from the API);
--- rows recorded before this migration have all three NULL.
+-- of a version 1 token is part 'api' with no name or message id (those tokens came from the API),
+-- whether recorded now or replayed from a journal written before links v2; rows already in the
+-- table before this migration have all three NULL.
 ALTER TABLE events ADD COLUMN link_name text;
 ALTER TABLE events ADD COLUMN part text CHECK (part IN ('api', 'html', 'text'));
 ALTER TABLE events ADD COLUMN message_id text;
