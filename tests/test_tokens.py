@@ -163,7 +163,9 @@ def test_version_1_tokens_keep_opening() -> None:
     assert RING.open(v1_open, KIND_OPEN) == (KIND_OPEN, "k2", 1, 9, None, "c-1", "r-42", None, None, None, None, False)
 
 
-@pytest.mark.parametrize("url", [b"https://e.com/\n", b"https://e.com/ x", b"https://e.com/\x7f", b"https://\xc3\xa9.com/"])
+@pytest.mark.parametrize(
+    "url", [b"https://e.com/\n", b"https://e.com/ x", b"https://e.com/\x7f", b"https://\xc3\xa9.com/"]
+)
 def test_a_url_outside_printable_ascii_does_not_open(url: bytes) -> None:
     """Review finding: open() accepted a URL ending in LF (`$` matches before a final newline)
     while the hot path answered it as a bad token; both refuse it now (docs/tokens.md step 4)."""
