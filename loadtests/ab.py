@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,17 +40,6 @@ def _measure(server: Child, paths: list[str], seconds: float) -> Run:
     return Run(result.rps, cpu * 1e6 / max(1, result.ok))
 
 
-def _start_other(root: Path, dsn: str, data_dir: Path) -> Child:
-    port = harness.free_port()
-    env = {**os.environ, "PYTHONPATH": str(root), "DATABASE_URL": dsn, "TRACKD_DATA_DIR": str(data_dir),
-           "TRACKD_SIGNING_KEYS": harness.SIGNING_KEYS, "TRACKD_API_KEYS": harness.API_KEY,
-           "TRACKD_LOG_LEVEL": "warning", **harness.UNLIMITED_RATES}  # fmt: skip
-    argv = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    child = Child("other", argv, port, env, data_dir, cwd=root)
-    child.wait_ready("/readyz")
-    return child
-
-
 def main() -> int:
     other_root = Path(os.environ["BENCH_AB_OTHER"]).resolve()
     seconds = float(os.environ.get("BENCH_DURATION", "5"))
@@ -61,7 +49,7 @@ def main() -> int:
         work = Path(tmp)
         with harness.stack(work / "this") as (pg, this):
             (work / "other").mkdir()
-            other = _start_other(other_root, pg.dsn, work / "other")
+            other = harness.start_trackd(pg.dsn, work / "other", root=other_root, name="other")
             bare = harness.start_bare(work)
             try:
                 links = harness.sign_through_api(this.base_url, 1000)

@@ -96,10 +96,14 @@ class Child:
             self.proc.wait()
 
 
-def start_trackd(database_url: str, data_dir: Path, extra_env: dict[str, str] | None = None) -> Child:
+def start_trackd(database_url: str, data_dir: Path, extra_env: dict[str, str] | None = None, *,
+                 root: Path = ROOT, name: str = "trackd") -> Child:  # fmt: skip
+    """`trackd serve` of this tree, or of another checkout `root` (loadtests.ab) served with this
+    interpreter and its dependencies."""
     port = free_port()
     env = {
         **os.environ,
+        **({"PYTHONPATH": str(root)} if root != ROOT else {}),
         "DATABASE_URL": database_url,
         "TRACKD_DATA_DIR": str(data_dir),
         "TRACKD_SIGNING_KEYS": SIGNING_KEYS,
@@ -114,7 +118,7 @@ def start_trackd(database_url: str, data_dir: Path, extra_env: dict[str, str] | 
     # BENCH_TRACKD_MODULE: another entry point with trackd's CLI (to measure a variant).
     module = os.environ.get("BENCH_TRACKD_MODULE", "app.cli")
     argv = [sys.executable, "-m", module, "serve", "--host", "127.0.0.1", "--port", str(port)]
-    child = Child("trackd", argv, port, env, data_dir)
+    child = Child(name, argv, port, env, data_dir, cwd=root)
     child.wait_ready("/readyz")
     return child
 

@@ -577,3 +577,19 @@ def test_make_run_installs_only_what_serving_needs(tmp_path: Path) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[\[=<>~! ]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
     assert not names & set(TEST_ONLY), names & set(TEST_ONLY)
+
+
+def test_make_test_typechecks_and_runs_the_other_pythons() -> None:
+    """Issue #11 item 11: `make test` runs mypy --strict (the pyproject config) and, for each
+    pyenv 3.12/3.13 present, the unit tests in its own venv, before the full suite. What make
+    would run, without running it (the interpreters are made absent, then given as this one)."""
+    plan = subprocess.run(["make", "--dry-run", "--always-make", "test", "PYENV_ROOT=/nonexistent",
+                           f"PYTHON_3.12={sys.executable}", f"PYTHON_3.13={sys.executable}"],
+                          cwd=ROOT, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    lines = plan.splitlines()
+    mypy = next(i for i, line in enumerate(lines) if line.strip().endswith("bin/mypy"))
+    units = [i for i, line in enumerate(lines) if '-m "not e2e and not faults"' in line]
+    suite = next(i for i, line in enumerate(lines) if "-m pytest --basetemp" in line and "not e2e" not in line)
+    for venv in (".venv-3.12", ".venv-3.13"):
+        assert any(f"{venv}/bin/python -m pytest" in lines[i] for i in units), plan
+    assert mypy < min(units) < suite, plan
