@@ -368,13 +368,17 @@ def test_the_write_buffer_limit_alone_stops_reading_from_a_client_that_never_rea
         deadline = time.monotonic() + 15
         stopped_at = 0.0
         sends = 0
+        next_probe = 0.0
         # Sends go on for 1.5 s after reading stopped, so that "stopped" is seen under pressure.
         while time.monotonic() < deadline and not (stopped_at and time.monotonic() > stopped_at + 1.5):
             with contextlib.suppress(TimeoutError):  # the client's own send buffer is full
                 sock.sendall(request)
                 sends += 1
             time.sleep(0.002)  # one request per round
-            if sends % 25 == 0:
+            # Probed by time, not by count: once the server stops reading, the client's buffers
+            # fill and sends stop counting, so a count-based probe could never run again.
+            if time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + 0.05
                 started = time.perf_counter()
                 assert other.get(SMALL_CLICK).status_code == 302
                 latencies.append(time.perf_counter() - started)
