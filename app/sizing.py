@@ -27,6 +27,10 @@ _CPU_REQUEST_FLOOR_M = 100
 # Generated files in the prod overlay; kustomization.yaml there lists them.
 SCALING_PATCH = "sizing-scaledobject.yaml"
 RESOURCES_PATCH = "sizing-resources.yaml"
+# The object RESOURCES_PATCH patches: the prod overlay's workload (a StatefulSet: the journal on a
+# claim per pod; k8s/components/statefulset). The ScaledObject's scaleTargetRef names the same.
+WORKLOAD_KIND = "StatefulSet"
+WORKLOAD_NAME = "trackd"
 
 _KIND_FIELDS = ("rps", "bare_rps", "ratio", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_million", "rss_mb")
 
@@ -260,7 +264,7 @@ def overlay_files(p: Plan) -> dict[str, str]:
     )
     resources = _header(p) + (
         "---\n"
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: trackd\n"
+        f"apiVersion: apps/v1\nkind: {WORKLOAD_KIND}\nmetadata:\n  name: {WORKLOAD_NAME}\n"
         "spec:\n  template:\n    spec:\n      containers:\n        - name: trackd\n"
         "          resources:\n"
         f"            requests:\n              cpu: {p.cpu_request_m}m\n"

@@ -3,6 +3,7 @@ kubectl (kustomize), kubernetes-validate, hadolint and yamllint all come as whee
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -15,13 +16,17 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
+import uvicorn
 import yaml
 
 from app import sizing
+from app.settings import Settings
 from tests.support import ROOT
+from trackd_links.urls import MAX_URL_LENGTH
 
 BIN = Path(sys.executable).parent
 K8S = ROOT / "k8s"
@@ -33,6 +38,10 @@ CRD_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("monitoring.coreos.com/v1", 
 APP_LABELS = {"app.kubernetes.io/name": "trackd"}
 # Shutdown budget past preStop + uvicorn's graceful timeout + the writer drain: pool close (5 s) + slack.
 GRACE_MARGIN_S = 10
+# Where the pod keeps its journal: a Deployment with an emptyDir (dev), a StatefulSet with a claim
+# per pod (prod: docs/reliability.md, "Kubernetes").
+WORKLOAD_KIND = {"dev": "Deployment", "prod": "StatefulSet"}
+JOURNAL_SLACK = 64 << 20  # segment rounding, trackd.lock, the filesystem's own
 
 
 def tool(name: str) -> str:
@@ -56,13 +65,53 @@ def one(docs: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def workload(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    """The one Deployment or StatefulSet that runs trackd's pods."""
+    found = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    assert len(found) == 1, [d["kind"] for d in found]
+    return found[0]
+
+
+def pod_spec(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload(docs)["spec"]["template"]["spec"]
+    return spec
+
+
 def container(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
-    (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    (c,) = pod_spec(docs)["containers"]
     return c
 
 
 def config(docs: tuple[dict[str, Any], ...]) -> dict[str, str]:
     return one(docs, "ConfigMap")["data"]
+
+
+def service(docs: tuple[dict[str, Any], ...], name: str = "trackd") -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == name]
+    return found
+
+
+def setting(docs: tuple[dict[str, Any], ...], name: str) -> Any:
+    """A TRACKD_* setting as the pods get it: the ConfigMap's value, else the default."""
+    value = config(docs).get(f"TRACKD_{name.upper()}")
+    return Settings.model_fields[name].default if value is None else value
+
+
+def journal_mount(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    """The volume mount holding the journal directory the settings give (the deepest that covers it)."""
+    data_dir = Path(setting(docs, "data_dir"))
+    journal_dir = Path(config(docs).get("TRACKD_JOURNAL_DIR") or data_dir / "journal")
+    mounts = [m for m in container(docs)["volumeMounts"] if journal_dir.is_relative_to(m["mountPath"])]
+    assert mounts, (journal_dir, container(docs)["volumeMounts"])
+    mount: dict[str, Any] = max(mounts, key=lambda m: len(Path(m["mountPath"]).parts))
+    assert data_dir.is_relative_to(mount["mountPath"]), "trackd.lock and the journal on one volume"
+    return mount
+
+
+def _nginx_size(value: str) -> int:
+    """An nginx size ("8k", "4m", "512"): k and m are binary."""
+    factor = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1].lower(), 1)
+    return int(value[:-1] if factor > 1 else value) * factor
 
 
 def autoscalers(docs: tuple[dict[str, Any], ...]) -> Iterator[tuple[str, dict[str, Any], int, int]]:
@@ -82,7 +131,17 @@ def autoscalers(docs: tuple[dict[str, Any], ...]) -> Iterator[tuple[str, dict[st
 def test_every_object_validates_strictly(overlay: str, version: str) -> None:
     docs = render(overlay)
     kinds = {d["kind"] for d in docs}
-    assert {"Deployment", "Service", "PodDisruptionBudget", "ConfigMap", "NetworkPolicy", "ServiceMonitor"} <= kinds
+    expected = {
+        WORKLOAD_KIND[overlay],
+        "Service",
+        "PodDisruptionBudget",
+        "ConfigMap",
+        "NetworkPolicy",
+        "ServiceMonitor",
+    }
+    assert expected <= kinds
+    if overlay == "prod":
+        assert "Ingress" in kinds
     for doc in docs:
         if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
             continue
@@ -121,7 +180,7 @@ def test_probes_point_at_the_right_endpoints(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pod_runs_locked_down(overlay: str) -> None:
     docs = render(overlay)
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = pod_spec(docs)
     c = container(docs)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001
@@ -132,10 +191,11 @@ def test_pod_runs_locked_down(overlay: str) -> None:
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add")
-    # The read-only root needs somewhere to write: the journal and /tmp, both emptyDirs.
+    # The read-only root needs somewhere to write: the journal (an emptyDir in dev, its claim in
+    # prod: test_the_journal_is_a_claim_per_pod_in_prod_and_an_empty_dir_in_dev) and /tmp.
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert "emptyDir" in volumes[mounts["/var/lib/trackd"]] and "emptyDir" in volumes[mounts["/tmp"]]
+    assert set(mounts) == {"/var/lib/trackd", "/tmp"} and "emptyDir" in volumes[mounts["/tmp"]]
     assert config(docs)["TRACKD_DATA_DIR"] == "/var/lib/trackd"
 
 
@@ -166,19 +226,25 @@ def _prestop_seconds(c: dict[str, Any]) -> int:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_grace_period_covers_prestop_requests_and_writer_drain(overlay: str) -> None:
     docs = render(overlay)
-    grace = one(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    grace = pod_spec(docs)["terminationGracePeriodSeconds"]
     pre_stop = _prestop_seconds(container(docs))
-    shutdown = float(config(docs)["TRACKD_SHUTDOWN_TIMEOUT_S"])
-    assert pre_stop >= 3, "endpoints need a few seconds to forget the pod"
+    # trackd's own delay before it closes the listener (0 by default: preStop does that job).
+    delay = float(setting(docs, "shutdown_delay_s"))
+    shutdown = float(setting(docs, "shutdown_timeout_s"))
+    assert pre_stop + delay >= 3, "endpoints need a few seconds to forget the pod"
     # uvicorn waits up to the timeout for in-flight requests, then the writer drains for as long.
-    assert grace > pre_stop + 2 * shutdown + GRACE_MARGIN_S, (grace, pre_stop, shutdown)
+    assert grace > pre_stop + delay + 2 * shutdown + GRACE_MARGIN_S, (grace, pre_stop, delay, shutdown)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_topology_spreads_across_zones(overlay: str) -> None:
-    pod = one(render(overlay), "Deployment")["spec"]["template"]["spec"]
+    pod = pod_spec(render(overlay))
     zone = [t for t in pod["topologySpreadConstraints"] if t["topologyKey"] == "topology.kubernetes.io/zone"]
     assert zone and zone[0]["labelSelector"]["matchLabels"] == APP_LABELS
+    # A label the workload's pods never carry would silently do nothing.
+    hash_label = {"Deployment": "pod-template-hash", "StatefulSet": "controller-revision-hash"}[WORKLOAD_KIND[overlay]]
+    for constraint in pod["topologySpreadConstraints"]:
+        assert set(constraint.get("matchLabelKeys", [])) <= {hash_label}, constraint
 
 
 # --- around the pod --------------------------------------------------------------------------
@@ -187,14 +253,19 @@ def test_topology_spreads_across_zones(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_selectors_match_the_pods(overlay: str) -> None:
     docs = render(overlay)
-    deployment = one(docs, "Deployment")
-    labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert one(docs, "Service")["spec"]["selector"].items() <= labels.items()
+    pods = workload(docs)
+    labels = pods["spec"]["template"]["metadata"]["labels"]
+    assert pods["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    for svc in (d for d in docs if d["kind"] == "Service"):
+        assert svc["spec"]["selector"].items() <= labels.items(), svc["metadata"]["name"]
     assert one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
-    service_labels = one(docs, "Service")["metadata"]["labels"]
-    assert one(docs, "ServiceMonitor")["spec"]["selector"]["matchLabels"].items() <= service_labels.items()
+    # Exactly one Service scraped (a StatefulSet's headless Service too would scrape every pod twice).
+    monitored = one(docs, "ServiceMonitor")["spec"]["selector"]["matchLabels"].items()
+    scraped = [
+        d["metadata"]["name"] for d in docs if d["kind"] == "Service" and monitored <= d["metadata"]["labels"].items()
+    ]
+    assert scraped == ["trackd"], scraped
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -210,13 +281,16 @@ def test_pdb_never_blocks_a_drain_nor_allows_an_outage(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_exactly_one_autoscaler_targets_the_deployment(overlay: str) -> None:
+def test_exactly_one_autoscaler_targets_the_workload(overlay: str) -> None:
     docs = render(overlay)
     scalers = list(autoscalers(docs))
     assert len(scalers) == 1, scalers
     ((kind, ref, low, high),) = scalers
-    assert ref["name"] == one(docs, "Deployment")["metadata"]["name"]
-    assert ref.get("kind", "Deployment") == "Deployment"
+    pods = workload(docs)
+    assert (ref.get("kind", "Deployment"), ref["name"]) == (pods["kind"], pods["metadata"]["name"])
+    assert ref.get("apiVersion", "apps/v1") == pods["apiVersion"]
+    if overlay == "prod":  # what `trackd sizing --write-overlay` patches
+        assert (sizing.WORKLOAD_KIND, sizing.WORKLOAD_NAME) == (pods["kind"], pods["metadata"]["name"])
     assert 1 <= low <= high
     assert kind == ("ScaledObject" if overlay == "prod" else "HorizontalPodAutoscaler")
     if overlay == "prod":
@@ -277,7 +351,7 @@ def test_service_monitor_scrapes_metrics(overlay: str) -> None:
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
-    assert [p["name"] for p in one(render(overlay), "Service")["spec"]["ports"]] == ["http"]
+    assert [p["name"] for p in service(render(overlay))["spec"]["ports"]] == ["http"]
 
 
 # --- linters ---------------------------------------------------------------------------------
@@ -542,21 +616,118 @@ def _quantity_bytes(quantity: str) -> int:
     return int(quantity)
 
 
-@pytest.mark.parametrize("overlay", ["dev", "prod"])
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_journal_cap_fits_in_its_volume(overlay: str) -> None:
-    """A journal allowed to outgrow its emptyDir gets the pod evicted, losing what it held."""
-    (deployment,) = [o for o in render(overlay) if o["kind"] == "Deployment"]
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/var/lib/trackd"]
-    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-    names = {ref["configMapRef"]["name"] for ref in container.get("envFrom", []) if "configMapRef" in ref}
-    config: dict[str, str] = {}
-    for obj in render(overlay):
-        if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] in names:
-            config.update(obj["data"])
-    cap = int(config["TRACKD_JOURNAL_MAX_BYTES"])
-    assert cap + (64 << 20) < _quantity_bytes(volume["emptyDir"]["sizeLimit"])
+    """A journal allowed to outgrow its emptyDir gets the pod evicted, losing what it held. A claim
+    holds the pod's own journal and the one it adopted from the pod it replaced (each up to the
+    cap: the cap counts only a pod's own journal), so it needs twice the cap."""
+    docs = render(overlay)
+    cap = int(setting(docs, "journal_max_bytes"))
+    name = journal_mount(docs)["name"]
+    volumes = {v["name"]: v for v in pod_spec(docs).get("volumes", [])}
+    claims = {c["metadata"]["name"]: c for c in workload(docs)["spec"].get("volumeClaimTemplates", [])}
+    if name in claims:
+        assert _quantity_bytes(claims[name]["spec"]["resources"]["requests"]["storage"]) >= 2 * cap + JOURNAL_SLACK
+    else:
+        assert cap + JOURNAL_SLACK < _quantity_bytes(volumes[name]["emptyDir"]["sizeLimit"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_journal_is_a_claim_per_pod_in_prod_and_an_empty_dir_in_dev(overlay: str) -> None:
+    """Issue #16 item 1: a pod deleted during an outage longer than its drain keeps its backlog in
+    prod: the pod recreated with its ordinal mounts the same claim and adopts the journal there."""
+    docs = render(overlay)
+    pods = workload(docs)
+    assert pods["kind"] == WORKLOAD_KIND[overlay]
+    name = journal_mount(docs)["name"]
+    volumes = {v["name"]: v for v in pod_spec(docs).get("volumes", [])}
+    if overlay == "dev":
+        assert "emptyDir" in volumes[name] and "volumeClaimTemplates" not in pods["spec"]
+        return
+    assert name not in volumes, "a pod volume of the claim's name would shadow the claim"
+    (claim,) = [c for c in pods["spec"]["volumeClaimTemplates"] if c["metadata"]["name"] == name]
+    assert claim["spec"]["accessModes"] in (["ReadWriteOnce"], ["ReadWriteOncePod"])
+    assert claim["spec"]["storageClassName"], "a placeholder to replace, never the cluster's default by accident"
+    spec = pods["spec"]
+    assert spec["podManagementPolicy"] == "Parallel"  # scaling is not one pod at a time
+    # A pod scaled down during an outage keeps its backlog until its ordinal comes back.
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenScaled": "Retain", "whenDeleted": "Retain"}
+    assert "replicas" not in spec, "the autoscaler owns it"
+    governing = service(docs, spec["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None"
+    assert governing["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    # The same pod as dev's (one template, copied in k8s/components/statefulset): only the
+    # journal's volume differs.
+    dev = pod_spec(render("dev"))
+    prod = pod_spec(docs)
+    assert container(render("dev"))["volumeMounts"] == container(docs)["volumeMounts"]
+    assert dev["terminationGracePeriodSeconds"] == prod["terminationGracePeriodSeconds"]
+    assert [v for v in dev["volumes"] if v["name"] != name] == prod["volumes"]
+
+
+# --- the ingress (prod) ----------------------------------------------------------------------
+
+INGRESS_NGINX_EXAMPLE = K8S / "overlays" / "prod" / "ingress-nginx-controller.example.yaml"
+NGINX = "nginx.ingress.kubernetes.io/"
+
+
+def test_prod_has_a_tls_ingress_for_the_public_host_and_dev_none() -> None:
+    assert "Ingress" not in {d["kind"] for d in render("dev")}
+    docs = render("prod")
+    ingress = one(docs, "Ingress")["spec"]
+    assert ingress["ingressClassName"] == "nginx"
+    host = urlsplit(config(docs)["TRACKD_PUBLIC_URL"]).hostname
+    assert [rule["host"] for rule in ingress["rules"]] == [host]
+    (tls,) = ingress["tls"]
+    assert tls["hosts"] == [host] and tls["secretName"]
+    ports = {p["name"] for p in service(docs)["spec"]["ports"]}
+    paths = []
+    for rule in ingress["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == "trackd" and backend["port"]["name"] in ports
+            paths.append(path["path"])
+    # The tracked routes and the API; not /metrics, /readyz, /docs or /dashboard.
+    assert set(paths) <= {"/c/", "/o/", "/v1/"} and {"/c/", "/o/"} <= set(paths), paths
+
+
+def test_prod_ingress_limits_are_within_trackds() -> None:
+    docs = render("prod")
+    notes = one(docs, "Ingress")["metadata"]["annotations"]
+    assert notes[NGINX + "ssl-redirect"] == "true"
+    assert 1 << 20 <= _nginx_size(notes[NGINX + "proxy-body-size"]) <= int(setting(docs, "api_max_body_bytes"))
+    # A click's Location (up to 4 x MAX_URL_LENGTH) must fit the buffer for the pod's response head.
+    assert _nginx_size(notes[NGINX + "proxy-buffer-size"]) >= 4 * MAX_URL_LENGTH + 1024
+    # Keep-alive to the pods, one request at a time (nginx never pipelines to an upstream).
+    assert notes[NGINX + "proxy-http-version"] == "1.1"
+    assert "non_idempotent" not in notes.get(NGINX + "proxy-next-upstream", "")
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_ingress_nginx_controller_example_matches_trackds_limits(version: str) -> None:
+    doc = yaml.safe_load(INGRESS_NGINX_EXAMPLE.read_text())
+    kubernetes_validate.validate(doc, version, strict=True)
+    cfg = doc["data"]
+    docs = render("prod")
+    count, size = cfg["large-client-header-buffers"].split()
+    # nginx refuses a request line longer than one buffer (414) and a head larger than all of them
+    # (400) before trackd would: its target and header limits are never the ones a client meets.
+    assert _nginx_size(size) <= int(setting(docs, "max_request_target_bytes"))
+    assert int(count) * _nginx_size(size) <= int(setting(docs, "max_header_bytes"))
+    # nginx drops an idle connection to a pod before trackd (uvicorn's keep-alive) does.
+    assert float(cfg["upstream-keepalive-timeout"]) < uvicorn.Config(app="app.main:app_factory").timeout_keep_alive
+    # The controller is the edge: a client's own X-Forwarded-For is replaced, not appended to.
+    assert cfg["use-forwarded-headers"] == "false" and cfg["compute-full-forwarded-for"] == "false"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trusted_proxies_are_set_and_narrow(overlay: str) -> None:
+    """X-Forwarded-For is believed from these peers only: the ingress controller's pod CIDR."""
+    value = config(render(overlay))["TRACKD_TRUSTED_PROXIES"]
+    networks = [ipaddress.ip_network(n.strip(), strict=False) for n in value.split(",")]
+    assert networks and all(n.is_private and n.prefixlen >= 8 for n in networks), networks
+    if overlay == "prod":  # the ingress controller's pods, not the whole private range
+        assert all(n.prefixlen >= 12 for n in networks), networks
 
 
 # Installed by `make test` only: none of these may be in what `make run` (and the image) installs.
