@@ -105,6 +105,9 @@ def journal_mount(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
     assert mounts, (journal_dir, container(docs)["volumeMounts"])
     mount: dict[str, Any] = max(mounts, key=lambda m: len(Path(m["mountPath"]).parts))
     assert data_dir.is_relative_to(mount["mountPath"]), "trackd.lock and the journal on one volume"
+    # Not the volume's root: a fresh ext4 volume has lost+found there, which the orphan scan would
+    # take for a journal directory left by a dead process.
+    assert journal_dir != Path(mount["mountPath"]), journal_dir
     return mount
 
 
