@@ -32,8 +32,9 @@ DEFAULT_WAL_BYTES_PER_ROW = 540
 DEFAULT_BYTES_PER_EVENT = 345
 # What one primary was measured to take comes from the bench (writer.events_per_s): the writer
 # alone, COPY through one connection (docs/benchmarks.md, "Results (`make bench`, 2026-11-28)":
-# 195,357 events/s). Above it the plan warns: docs/scaling.md, "Past one primary".
-BENCH_WRITER_SOURCE = 'docs/benchmarks.md "Results (make bench, 2026-11-28)", writer alone through one connection'
+# 195,357 events/s). Above it the plan warns, naming the bench's date: docs/scaling.md, "Past one
+# primary", says what to do.
+_WRITER_SOURCE = 'the writer alone through one connection, `{command}` of {date}: docs/benchmarks.md "Results"'
 # ESTIMATE, not measured: server CPU per POST /v1/tracking-urls for a 10-link email. The bench
 # measures only /c/ and /o/; this assumes ~400 us for a FastAPI request with auth, a JSON body
 # and pydantic validation on this machine class, plus ~8 us per token signed (KeyRing.verify of a
@@ -295,9 +296,10 @@ def plan(
             f"({bench.writer_events_per_s:g} events/s): its backlog would grow at peak"
         )
     if peak_rps > bench.writer_events_per_s:
+        source = _WRITER_SOURCE.format(command=bench.command, date=bench.date)
         warnings.append(
             f"the peak ({peak_rps:,.0f} events/s) is above what one primary was measured to take "
-            f"({bench.writer_events_per_s:,.0f} events/s, {BENCH_WRITER_SOURCE}): "
+            f"({bench.writer_events_per_s:,.0f} events/s, {source}): "
             'plan past one primary (docs/scaling.md, "Past one primary")'
         )
     # Each pod's pool may open up to TRACKD_DB_POOL_MAX connections (its writer holds one while
