@@ -110,11 +110,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # Replicas, CPU and database load for PEAK interactions/s from docs/bench/latest.json, written
-# into k8s/overlays/prod (docs/scaling.md). e.g. make sizing PEAK=50000 HEADROOM=0.6
+# into k8s/overlays/prod (docs/scaling.md). e.g. make sizing PEAK=50000 HEADROOM=0.6 ZONES=3
 PEAK     ?= 50000
 HEADROOM ?= 0.6
+ZONES    ?= 3
 sizing: $(STAMP)
-	$(BIN)/trackd sizing --peak $(PEAK) --headroom $(HEADROOM) --write-overlay
+	$(BIN)/trackd sizing --peak $(PEAK) --headroom $(HEADROOM) --zones $(ZONES) --write-overlay
 
 # Load generator and servers share this machine: see docs/benchmarks.md for how to read the numbers.
 bench: $(STAMP) need-wrk

@@ -347,7 +347,20 @@ def keygen(args: argparse.Namespace) -> int:
 def sizing_cmd(args: argparse.Namespace) -> int:
     try:
         bench = sizing.load_bench(args.bench)
-        plan = sizing.plan(bench, args.peak, args.headroom, args.min_replicas, args.wal_bytes_per_row)
+        plan = sizing.plan(
+            bench,
+            args.peak,
+            args.headroom,
+            args.min_replicas,
+            args.wal_bytes_per_row,
+            zones=args.zones,
+            api_rps=args.api_rps,
+            api_cpu_us_per_request=args.api_cpu_us,
+            bytes_per_event=args.bytes_per_event,
+            db_pool_max=args.db_pool_max,
+            pgbouncer_pool=args.pgbouncer_pool,
+            pg_max_connections=args.pg_max_connections,
+        )
     except sizing.SizingError as exc:
         print(f"trackd sizing: {exc}", file=sys.stderr)
         return 2
@@ -408,8 +421,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bench", type=Path, default=sizing.DEFAULT_BENCH, help="make bench output (JSON)")
     p.add_argument("--peak", type=float, required=True, help="peak interactions/s to plan for")
     p.add_argument("--headroom", type=float, default=sizing.DEFAULT_HEADROOM, help="fraction of capacity to run at")
-    p.add_argument("--min-replicas", type=int, default=sizing.DEFAULT_MIN_REPLICAS)
+    p.add_argument("--zones", type=int, default=sizing.DEFAULT_ZONES, help="zones the pods spread over (default 3)")
+    p.add_argument("--min-replicas", type=int, help="a floor under the zone-loss minimum")
+    p.add_argument("--api-rps", type=float, default=0.0, help="signing/rewrite API requests/s at peak")
+    p.add_argument("--api-cpu-us", type=float, default=sizing.DEFAULT_API_CPU_US_PER_REQUEST,
+                   help="server CPU per API request, microseconds (default: an estimate, docs/scaling.md)")  # fmt: skip
     p.add_argument("--wal-bytes-per-row", type=int, default=sizing.DEFAULT_WAL_BYTES_PER_ROW)
+    p.add_argument("--bytes-per-event", type=int, default=sizing.DEFAULT_BYTES_PER_EVENT, help="disk per event")
+    p.add_argument("--db-pool-max", type=int, default=sizing.DEFAULT_DB_POOL_MAX, help="TRACKD_DB_POOL_MAX")
+    p.add_argument("--pgbouncer-pool", type=int, help="PgBouncer server connections to PostgreSQL, if it is used")
+    p.add_argument("--pg-max-connections", type=int, default=sizing.DEFAULT_PG_MAX_CONNECTIONS)
     p.add_argument("--write-overlay", action="store_true", help="write the numbers into the prod overlay")
     p.add_argument("--overlay", type=Path, default=sizing.DEFAULT_OVERLAY)
     p.set_defaults(func=sizing_cmd)

@@ -326,14 +326,24 @@ def test_prod_thresholds_are_the_sizing_of_the_committed_benchmark() -> None:
     """The generated patches must be what `make sizing` makes from docs/bench/latest.json."""
     prod = K8S / "overlays" / "prod"
     header = (prod / sizing.SCALING_PATCH).read_text().splitlines()[1]
-    found = re.search(r"peak ([\d.e+]+)/s, headroom ([\d.]+), min replicas (\d+)", header)
+    found = re.search(
+        r"peak ([\d.e+]+)/s, headroom ([\d.]+), zones (\d+)(?:, api ([\d.e+]+)/s at ([\d.e+]+) us)?"
+        r"(?:, min replicas (\d+))?$",
+        header,
+    )
     assert found, header
-    peak, headroom, low = float(found[1]), float(found[2]), int(found[3])
-    expected = sizing.overlay_files(sizing.plan(sizing.load_bench(ROOT / sizing.DEFAULT_BENCH), peak, headroom, low))
-    for name, text in expected.items():
+    plan = sizing.plan(
+        sizing.load_bench(ROOT / sizing.DEFAULT_BENCH),
+        float(found[1]),
+        float(found[2]),
+        int(found[6]) if found[6] else None,
+        zones=int(found[3]),
+        api_rps=float(found[4] or 0),
+        api_cpu_us_per_request=float(found[5] or sizing.DEFAULT_API_CPU_US_PER_REQUEST),
+    )
+    for name, text in sizing.overlay_files(plan).items():
         assert (prod / name).read_text() == text, f"{name} is stale: run `make sizing`"
     so = one(render("prod"), "ScaledObject")["spec"]
-    plan = sizing.plan(sizing.load_bench(ROOT / sizing.DEFAULT_BENCH), peak, headroom, low)
     assert (so["minReplicaCount"], so["maxReplicaCount"]) == (plan.min_replicas, plan.max_replicas)
     assert so["triggers"][0]["metadata"]["threshold"] == str(plan.target_rps_per_pod)
     assert container(render("prod"))["resources"]["requests"]["cpu"] == f"{plan.cpu_request_m}m"
@@ -482,18 +492,20 @@ def test_plan_arithmetic() -> None:
     p = sizing.plan(bench(), peak_rps=50_000, headroom=0.6, min_replicas=3)
     assert p.capacity_rps == 20_000  # the slower route
     assert p.target_rps_per_pod == 12_000
-    assert p.max_replicas == math.ceil(50_000 / 12_000) == 5
-    assert p.min_replicas == 3
+    # Zone loss (3 zones): min carries the peak at capacity on 2/3 of its pods, max at target.
+    assert p.min_replicas == math.ceil(math.ceil(50_000 / 20_000) * 3 / 2) == 5
+    assert p.max_replicas == math.ceil(math.ceil(50_000 / 12_000) * 3 / 2) == 8
     # 12 000 rps x 50 us = 0.6 cores -> 600m; saturation 25 000 x 50 us x 1.2 = 1.5 cores.
     assert p.cpu_request_m == 600 and p.cpu_limit_m == 1500
     assert p.db_rows_per_s == 50_000
     assert p.wal_mb_per_s == pytest.approx(50_000 * sizing.DEFAULT_WAL_BYTES_PER_ROW / 1e6)
-    assert p.warnings == ()
+    (warning,) = p.warnings  # the fixture's writer (30 000 events/s) is below the peak
+    assert "one primary" in warning
 
 
-def test_plan_never_goes_below_min_replicas_and_a_small_peak_still_gets_two() -> None:
+def test_plan_gives_a_small_peak_one_pod_per_zone_and_room_to_scale() -> None:
     p = sizing.plan(bench(), peak_rps=1, headroom=1.0, min_replicas=2)
-    assert (p.min_replicas, p.max_replicas) == (2, 2)
+    assert (p.min_replicas, p.max_replicas) == (3, 6)
 
 
 def test_plan_prefers_the_rate_measured_within_the_latency_target() -> None:
@@ -572,7 +584,7 @@ def test_trackd_sizing_prints_the_plan(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "target per pod        12,000 rps" in out
-    assert "replicas              min 3, max 5" in out
+    assert "replicas              min 5, max 8" in out
     assert "request 600m, limit 1500m" in out
     assert "50,000 rows/s" in out and "MB/s" in out and "bytes/row assumed" in out
 
@@ -592,7 +604,7 @@ def test_trackd_sizing_writes_the_overlay_and_kustomize_takes_it(tmp_path: Path)
     assert rendered.returncode == 0, rendered.stderr
     docs = tuple(d for d in yaml.safe_load_all(rendered.stdout) if d)
     so = one(docs, "ScaledObject")["spec"]
-    assert (so["minReplicaCount"], so["maxReplicaCount"], so["triggers"][0]["metadata"]["threshold"]) == (3, 5, "12000")
+    assert (so["minReplicaCount"], so["maxReplicaCount"], so["triggers"][0]["metadata"]["threshold"]) == (5, 8, "12000")
     assert container(docs)["resources"]["requests"]["cpu"] == "600m"
 
 
