@@ -233,16 +233,18 @@ def opts(**kw: Any) -> RewriteOptions:
 
 
 def run(
-    html: str | None,
-    text: str | None = None,
+    html_part: str | None,
+    text_part: str | None = None,
+    /,
     *,
     own: tuple[str, ...] = OWN,
     max_chars: int = 2_000_000,
     signer: FakeSigner | None = None,
     **kw: Any,
 ) -> Rendered:
+    """Compile and render for recipient r1; keyword arguments are RewriteOptions (pixel defaults to none here)."""
     kw.setdefault("pixel", "none")
-    compiled = compile_email(html, text, RewriteOptions(**kw), own_prefixes=own, max_chars=max_chars)
+    compiled = compile_email(html_part, text_part, RewriteOptions(**kw), own_prefixes=own, max_chars=max_chars)
     return compiled.render(signer or FakeSigner(), "camp1", "r1")
 
 
@@ -771,7 +773,7 @@ def test_pixel_appended_without_body_end(html: str) -> None:
 def test_pixel_markup_is_a_hidden_1x1_https_image() -> None:
     r = render_pixel("<body></body>")
     assert r.html is not None
-    _, inserted = split_insertion(r.html, "<body></body>")
+    inserted = assert_inserted_at(r.html, "<body></body>", len("<body>"), expected_open())
     assert "<img" in inserted.lower()
     assert f'src="{expected_open()}"' in inserted
     assert 'width="1"' in inserted and 'height="1"' in inserted
