@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 from app.rewrite import CompiledEmail, OptionsError, Rendered, RenderedLink, RewriteOptions, compile_email
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 # Independent analysis helpers (from the spec, not the engine): a WHATWG attribute-value decoder, the URL
 # standard's input cleaning, and a link finder on the stdlib html.parser (analysis only: it is quadratic on
@@ -486,10 +488,43 @@ def test_downlevel_revealed_and_odd_comment_ends(html: str) -> None:
         '<a<b href="https://x.example/ab">x</a<b>',
         '<div style="background:url(https://x.example/bg.png)">https://x.example/text</div>',
         '<v:fill src="https://x.example/bg.png" /><v:image src="https://x.example/i.png" />',
+        '<iframe><a href="https://x.example/t">t</a></iframe>',
+        '<noembed><a href="https://x.example/t">t</a></noembed>',
+        '<plaintext><a href="https://x.example/t">t</a>',
+        '<!--[if mso]><!-- <a href="https://x.example/c"> --><![endif]-->',
     ],
 )
 def test_never_rewritten(html: str) -> None:
     assert_untouched(html, run(html))
+
+
+def test_svg_and_mathml_href_not_rewritten() -> None:
+    # research 5.2: never SVG/MathML href
+    html = '<svg><a href="https://x.example/svg">s</a></svg><math><mi href="https://x.example/m">m</mi></math>'
+    assert_untouched(html, run(html))
+
+
+def test_comment_inside_conditional_comment_ends_it() -> None:
+    # the first --> ends the conditional comment: the <a> after it is ordinary markup (rewritten once)
+    html = '<!--[if mso]><!-- inner --><a href="https://x.example/c">c</a><![endif]-->'
+    r = run(html)
+    assert urls(r) == ["https://x.example/c"]
+    assert r.html == html.replace("https://x.example/c", click("html", 0))
+
+
+def test_placeholder_in_vml_href_reported() -> None:
+    html = '<!--[if mso]><v:roundrect href="{{cta_url}}"></v:roundrect><![endif]--><a href="{{cta_url}}">x</a>'
+    r = run(html)
+    assert_untouched(html, r)
+    assert skipped_raws(r) == ["{{cta_url}}", "{{cta_url}}"]
+
+
+def test_very_long_url_never_an_error() -> None:
+    html = '<a href="https://x.example/?q=' + "a" * 10_000 + '">x</a>'
+    r = run(html)
+    assert r.error is None
+    assert len(r.links) + len(r.skipped) == 1
+    assert restore(r.html or "", r, "html") == html
 
 
 def test_link_after_raw_text_and_comments_still_found() -> None:
@@ -756,6 +791,8 @@ def expected_open() -> str:
         ("<body>x<textarea></body></textarea></body>\n", "</body>\n"),
         ("<body>x</body></body></html>", "</body></html>"),
         ("<body>x</body >", "</body >"),
+        ('<body>x</body x=">">', '</body x=">">'),
+        ("<body>x</body></html>\n<!-- footer -->\n", "</body></html>\n<!--"),
     ],
 )
 def test_pixel_before_last_real_body_end(html: str, before: str) -> None:
@@ -767,7 +804,18 @@ def test_pixel_before_last_real_body_end(html: str, before: str) -> None:
     assert_inserted_at(r.html, html, pos, expected_open())
 
 
-@pytest.mark.parametrize("html", ["<p>no body end</p>", "<body><p>x", "<p>x</p><!-- </body> -->", ""])
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<p>no body end</p>",
+        "<body><p>x",
+        "<p>x</p><!-- </body> -->",
+        "",
+        "<body>x</body",  # EOF inside the end tag: no end tag was emitted
+        "<p title='</body>'>x</p>",
+        "<script>'</body>'</script>",
+    ],
+)
 def test_pixel_appended_without_body_end(html: str) -> None:
     r = render_pixel(html)
     assert r.error is None and r.html is not None
@@ -889,6 +937,16 @@ def test_honeypot_off_by_default() -> None:
         ("q https://x.example/?a=1&amp;b=2 end", "q {0} end", ["https://x.example/?a=1&amp;b=2"]),
         ("end of sentence https://x.example.", "end of sentence {0}.", ["https://x.example"]),
         ("dots https://x.example/a...", "dots {0}...", ["https://x.example/a"]),
+        ("x https://x.example/a) y", "x {0}) y", ["https://x.example/a"]),
+        ("x https://x.example/a] y", "x {0}] y", ["https://x.example/a"]),
+        ("x https://x.example/a} y", "x {0}}} y", ["https://x.example/a"]),
+        ("x https://x.example/q?(a)=1 y", "x {0} y", ["https://x.example/q?(a)=1"]),
+        ("see https://x.example/a> b", "see {0}> b", ["https://x.example/a"]),
+        (
+            "two https://x.example/a<https://x.example/b>",
+            "two {0}<{1}>",
+            ["https://x.example/a", "https://x.example/b"],
+        ),
     ],
 )
 def test_text_part_url_boundaries(text: str, expected: str, found: list[str] | None) -> None:
@@ -1028,6 +1086,13 @@ def test_over_size_input_fails_open_untouched() -> None:
     assert r.links == []
 
 
+def test_input_at_the_cap_is_rewritten() -> None:
+    html = '<a href="https://x.example/">x</a>'
+    compiled = compile_email(html, None, RewriteOptions(pixel="none"), own_prefixes=OWN, max_chars=len(html))
+    assert compiled.error is None
+    assert urls(compiled.render(FakeSigner(), "c", "r1")) == ["https://x.example/"]
+
+
 def test_over_size_text_alone_fails_open() -> None:
     text = "https://x.example/ " * 100
     compiled = compile_email(None, text, RewriteOptions(text="all"), own_prefixes=OWN, max_chars=100)
@@ -1141,7 +1206,9 @@ def test_parse_valid_options() -> None:
 def test_parse_invalid_options(raw: dict[str, Any], field_name: str) -> None:
     with pytest.raises(OptionsError) as info:
         RewriteOptions.parse(raw)
-    assert field_name in str(info.value.args[0] if info.value.args else info.value)
+    err = info.value
+    field = getattr(err, "field", None) or (str(err.args[0]) if err.args else "")
+    assert field.startswith(field_name), err.args
 
 
 def test_parse_rejects_non_mapping() -> None:
@@ -1213,3 +1280,75 @@ def test_corpus_every_link_rewritten_or_reported(path: Path) -> None:
     tracked = Counter(link.raw for link in r.links if link.part == "html")
     assert tracked == Counter(f.raw for f in found if is_trackable(f.raw))
     assert all(s.reason for s in r.skipped)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Property: on any markup soup, no error, identity round trip, every url is the WHATWG-decoded cleaned raw value
+
+_PIECES = [
+    "<a href=",
+    "<A HREF = ",
+    "<area href='",
+    '<v:roundrect href="',
+    '"',
+    "'",
+    ">",
+    "<",
+    "</a>",
+    "</body>",
+    "<body>",
+    "<!--",
+    "-->",
+    "<!--[if mso]>",
+    "<![endif]-->",
+    "<![if !mso]>",
+    "<![endif]>",
+    "<script>",
+    "</script>",
+    "<title>",
+    "</title>",
+    "<style>",
+    "</style>",
+    "https://x.example/",
+    "http://y.example/p?a=1",
+    "&amp;",
+    "&region=eu",
+    "&#38;",
+    "&",
+    "{{x}}",
+    "*|UNSUB|*",
+    "mailto:a@b",
+    "#top",
+    " ",
+    "\n",
+    "\t",
+    "=",
+    "data-trackd=off ",
+    "text",
+    "\u00e9",
+    "<!--trackd:open-->",
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.sampled_from(_PIECES), max_size=40).map("".join),
+    st.sampled_from(["bottom", "marker", "none"]),
+)
+def test_property_round_trip_on_markup_soup(html: str, pixel: str) -> None:
+    r = run(html, html, pixel=pixel, text="all")
+    assert r.error is None, r.error
+    assert r.html is not None and r.text is not None
+    restored = restore(r.html, r, "html")
+    opened = r.open_url
+    if opened and opened in restored:
+        assert restored.count(opened) == 1
+    else:
+        assert restored == html
+    assert restore(r.text, r, "text") == html
+    for link in r.links:
+        assert link.raw in html
+        assert "<" not in link.url
+        if link.part == "html":
+            assert link.url == target_of(link.raw), link
+        assert is_trackable(link.raw) or link.part == "text", link
