@@ -498,6 +498,43 @@ def test_never_rewritten(html: str) -> None:
     assert_untouched(html, run(html))
 
 
+def test_script_double_escaped_content_is_still_script() -> None:
+    # HTML tokenizer: "<!--<script>" in script data enters the double-escaped state, where "</script>" does not end
+    # the script; the <a> below is script text, and only the last </script> closes the element
+    html = '<script><!--<script></script><a href="https://x.example/s"></script><a href="https://x.example/ok">'
+    r = run(html)
+    assert urls(r) == ["https://x.example/ok"]
+
+
+@pytest.mark.parametrize(
+    ("html", "url"),
+    [
+        ('<a href="&#104;ttps://x.example/ent">x</a>', "https://x.example/ent"),
+        ('<a href="https://x.example/a&#10;b&#9;c">x</a>', "https://x.example/abc"),
+        ('<a href=https://x.example/a"b>x</a>', 'https://x.example/a"b'),
+        ('<a x"y href="https://x.example/">x</a>', "https://x.example/"),
+        ("<a href='https://x.example/'title=x>x</a>", "https://x.example/"),
+        ('<select><a href="https://x.example/sel">x</a></select>', "https://x.example/sel"),
+    ],
+)
+def test_more_browser_tokenisation(html: str, url: str) -> None:
+    r = run(html)
+    assert urls(r) == [url]
+    assert restore(r.html or "", r, "html") == html
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        '<a href="" href="https://x.example/">x</a>',  # the first href wins, even when empty
+        '<a =href="https://x.example/">x</a>',  # attribute name "=href"
+        "<a href= >x</a><a href>y</a>",
+    ],
+)
+def test_first_href_rule_edge_cases(html: str) -> None:
+    assert_untouched(html, run(html))
+
+
 def test_svg_and_mathml_href_not_rewritten() -> None:
     # research 5.2: never SVG/MathML href
     html = '<svg><a href="https://x.example/svg">s</a></svg><math><mi href="https://x.example/m">m</mi></math>'
@@ -823,6 +860,24 @@ def test_pixel_appended_without_body_end(html: str) -> None:
     assert_inserted_at(r.html, html, len(html), expected_open())
 
 
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<title><!--trackd:open--></title><body>x</body>",
+        "<body><script><!--trackd:open--></script></body>",
+        "<!--[if mso]><!--trackd:open--><![endif]--><body>x</body>",
+    ],
+)
+def test_marker_inside_raw_text_or_conditional_comment_not_replaced(html: str) -> None:
+    r = render_pixel(html, pixel="marker")
+    assert r.error is None and r.html is not None
+    assert r.html.count(expected_open()) <= 1
+    if expected_open() in r.html:
+        pos, _ = split_insertion(r.html, html)
+        # not inside the <title>/<script> nor inside the conditional comment
+        assert pos >= html.rindex("-->") + 3 or pos >= html.index("</title>") + 8
+
+
 def test_pixel_markup_is_a_hidden_1x1_https_image() -> None:
     r = render_pixel("<body></body>")
     assert r.html is not None
@@ -1112,6 +1167,29 @@ def test_unsafe_click_url_fails_open(bad: str) -> None:
     assert r.text == text
 
 
+class _FailingSigner(FakeSigner):
+    def click_url(self, **kw: Any) -> str:
+        if kw["link_index"] == 1:
+            raise RuntimeError("key store down")
+        return super().click_url(**kw)
+
+
+class _BadOpenSigner(FakeSigner):
+    def open_url(self, *, campaign_id: str, recipient_id: str, sent_at: int | None, message_id: str | None) -> str:
+        return f'{TRK}/o/"x'
+
+
+@pytest.mark.parametrize("signer", [_FailingSigner(), _BadOpenSigner()], ids=["signer-raises", "unsafe-open-url"])
+def test_signer_failure_fails_open_never_half_rewritten(signer: FakeSigner) -> None:
+    html = '<a href="https://x.example/1">1</a><a href="https://x.example/2">2</a></body>'
+    text = "https://x.example/1"
+    compiled = compile_email(html, text, RewriteOptions(text="all"), own_prefixes=OWN)
+    r = compiled.render(signer, "c", "r1")
+    assert r.error
+    assert r.html == html and r.text == text
+    assert r.links == []
+
+
 def test_compile_never_raises_on_odd_input() -> None:
     for html in ["<", "<!--", "<!--[if mso]>", "<a href='", '<a href="', "&", "<![", "<?", "</", "\x00", "\udcff"]:
         compiled = compile_email(html, html, RewriteOptions(text="all"), own_prefixes=OWN)
@@ -1150,7 +1228,7 @@ HOSTILE: dict[str, Callable[[int], tuple[str | None, str | None]]] = {
 def _timed(make: Callable[[int], tuple[str | None, str | None]], n: int) -> float:
     html, text = make(n)
     best = float("inf")
-    for _ in range(2):
+    for _ in range(3):
         t0 = time.perf_counter()
         compiled = compile_email(html, text, RewriteOptions(text="all", pixel="bottom"), own_prefixes=OWN)
         compiled.render(FakeSigner(), "c", "r1")
@@ -1164,8 +1242,10 @@ def test_linear_time_on_hostile_input(name: str) -> None:
     t1 = _timed(make, 200_000)
     t2 = _timed(make, 400_000)
     assert t2 < 2.0, f"{name}: 400 KB took {t2:.2f}s"
-    if t2 > 0.05:
-        assert t2 / max(t1, 1e-3) < 3.0, f"{name}: 200 KB {t1:.3f}s, 400 KB {t2:.3f}s"
+    # doubling the size about doubles the time (checked when the times are large enough to be above the noise of
+    # a shared machine; a quadratic scan is caught by the absolute bound anyway: 96 s for 400 KB on 3.11.7)
+    if t2 > 0.25:
+        assert t2 / max(t1, 1e-3) < 3.5, f"{name}: 200 KB {t1:.3f}s, 400 KB {t2:.3f}s"
 
 
 # --------------------------------------------------------------------------------------------------------------
