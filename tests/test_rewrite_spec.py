@@ -1242,10 +1242,10 @@ def test_linear_time_on_hostile_input(name: str) -> None:
     t1 = _timed(make, 100_000)
     t2 = _timed(make, 400_000)
     assert t2 < 2.0, f"{name}: 400 KB took {t2:.2f}s"
-    # 4x the size takes about 4x the time (quadratic would be 16x); checked only when the times are above the noise
-    # of a shared machine; a quadratic scan is caught by the absolute bound anyway (96 s for 400 KB on 3.11.7)
+    # 4x the size takes about 4x the time; quadratic would be 16x (the bound leaves room for a busy shared machine).
+    # Checked only above the timer noise; a quadratic scan is caught by the absolute bound anyway (96 s on 3.11.7).
     if t2 > 0.25:
-        assert t2 / max(t1, 1e-3) < 8.0, f"{name}: 100 KB {t1:.3f}s, 400 KB {t2:.3f}s"
+        assert t2 / max(t1, 1e-3) < 12.0, f"{name}: 100 KB {t1:.3f}s, 400 KB {t2:.3f}s"
 
 
 # --------------------------------------------------------------------------------------------------------------
