@@ -149,6 +149,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def sign(args: argparse.Namespace) -> int:
     from app.main import build_keyring
+    from app.rewrite_signer import click_url, open_url
     from trackd_links.tokens import SigningError
     from trackd_links.urls import InvalidURL
 
@@ -160,7 +161,7 @@ def sign(args: argparse.Namespace) -> int:
     except SigningError as exc:
         print(f"trackd sign: {exc}", file=sys.stderr)
         return 2
-    print(f"{base}/o/{pixel}.gif")
+    print(open_url(base, pixel))
     for index, url in enumerate(args.urls):
         try:
             token = ring.sign_click(
@@ -170,7 +171,7 @@ def sign(args: argparse.Namespace) -> int:
         except (InvalidURL, SigningError) as exc:
             print(f"trackd sign: {url!r}: {exc}", file=sys.stderr)
             return 2
-        print(f"{base}/c/{token}")
+        print(click_url(base, token))
     return 0
 
 

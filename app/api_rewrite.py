@@ -1,0 +1,147 @@
+"""`POST /v1/rewrite`: a whole email in (HTML and/or text), the same email out with its links
+tracked and an open pixel, for one recipient (engine: app.rewrite; URLs: app.rewrite_signer)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api import APIError, ASCIIJSONResponse, Authorised, parse_json_body
+from app.rewrite import OptionsError, RewriteOptions, compile_email
+from app.rewrite_signer import KeyRingSigner, resolve_sent_at
+from trackd_links.tokens import SigningError
+
+log = logging.getLogger("trackd.rewrite")
+
+# Compiling a 2 MB email takes a few hundred milliseconds of CPU: never on the event loop, which
+# serves the redirects. A pool of its own, not the loop's default executor, so that a burst of
+# rewrites queues here and cannot delay the other work handed to threads (journal syncs); two
+# threads, because the GIL lets only one run Python at a time anyway.
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="trackd-rewrite")
+
+
+class RewriteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    campaign_id: str = Field(min_length=1, max_length=255)
+    recipient_id: str = Field(min_length=1, max_length=255)
+    html: str | None = Field(default=None, description="the HTML part, as text (any charset, decoded)")
+    text: str | None = Field(default=None, description="the plain-text part")
+    sent_at: int | None = Field(default=None, ge=0, lt=2**32, description="unix seconds; default now")
+    message_id: str | None = Field(default=None, min_length=1, description="the sender's message id (send logs)")
+    options: dict[str, Any] | None = Field(
+        default=None,
+        description='pixel: "bottom" (default) | "marker" | "none"; text: "off" | "match-html" (default) | "all";'
+        " honeypot: bool; list_unsubscribe: [URL] never tracked; skip: [pattern] never tracked",
+    )
+
+
+class RewrittenLink(BaseModel):
+    part: str
+    index: int
+    name: str | None
+    url: str
+    raw: str
+    click_url: str
+
+
+class SkippedLink(BaseModel):
+    part: str
+    raw: str
+    reason: str
+
+
+class RewriteResponse(BaseModel):
+    html: str | None
+    text: str | None
+    open_url: str | None
+    links: list[RewrittenLink]
+    skipped: list[SkippedLink]
+    error: str | None = Field(description="null, or why the email came back untouched (fail-open)")
+
+
+rewrite_router = APIRouter(prefix="/v1")
+
+_BODY_SCHEMA = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": RewriteRequest.model_json_schema()}}}
+}
+
+
+async def _read_capped(request: Request, max_bytes: int) -> bytes:
+    """The body, refused (413) as soon as it is known to be over `max_bytes`: from Content-Length
+    before reading anything, else while it streams in, so no more than the cap is ever held."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
+        raise _too_large(max_bytes)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(max_bytes: int) -> APIError:
+    return APIError(413, "request_entity_too_large",
+                    f"POST /v1/rewrite bodies are limited to {max_bytes} bytes (TRACKD_REWRITE_MAX_BYTES)",
+                    max_bytes=max_bytes)  # fmt: skip
+
+
+def rewrite_one(signer: KeyRingSigner, body: RewriteRequest, options: RewriteOptions, sent_at: int,
+                max_chars: int) -> dict[str, Any]:  # fmt: skip
+    """Compile and render (in a worker thread). The engine fails open by itself; anything it
+    raises all the same (a bug, or a signer error it let through) fails open here too: the input
+    back untouched with the reason, never half a rewrite and never a 500 for a sender to retry."""
+    try:
+        compiled = compile_email(body.html, body.text, options, own_prefixes=signer.own_prefixes, max_chars=max_chars)
+        out = compiled.render(signer, body.campaign_id, body.recipient_id, sent_at=sent_at,
+                              message_id=body.message_id)  # fmt: skip
+    except Exception as exc:
+        log.exception("rewrite failed open (campaign %r)", body.campaign_id)
+        return {"html": body.html, "text": body.text, "open_url": None, "links": [], "skipped": [],
+                "error": f"internal error: {type(exc).__name__}: {exc}"}  # fmt: skip
+    return {
+        "html": out.html,
+        "text": out.text,
+        "open_url": out.open_url,
+        "links": [
+            {"part": k.part, "index": k.index, "name": k.name, "url": k.url, "raw": k.raw, "click_url": k.click_url}
+            for k in out.links
+        ],
+        "skipped": [{"part": s.part, "raw": s.raw, "reason": s.reason} for s in out.skipped],
+        "error": out.error,
+    }
+
+
+# ASCII JSON: a part may hold lone surrogates (JSON escapes, or bytes the CLI kept by
+# surrogateescape) and answering must never fail on them.
+@rewrite_router.post("/rewrite", response_model=RewriteResponse, response_class=ASCIIJSONResponse,
+                     openapi_extra=_BODY_SCHEMA)  # fmt: skip
+async def rewrite(request: Request, svc: Authorised) -> dict[str, Any]:
+    # `svc` (the bearer check) is resolved before this body runs: nothing is read unauthenticated.
+    cap = svc.settings.rewrite_max_bytes
+    body = parse_json_body(await _read_capped(request, cap), RewriteRequest)
+    if body.html is None and body.text is None:
+        raise APIError(422, "invalid_request", "give html, text or both", field="html")
+    try:
+        options = RewriteOptions.parse(body.options)
+    except OptionsError as exc:
+        field = f"options.{exc.field}"
+        raise APIError(422, "invalid_options", f"{field}: {exc.message}", field=field) from None
+    signer = KeyRingSigner(svc.keyring, svc.settings.base_url)
+    sent_at = resolve_sent_at(body.sent_at)
+    try:
+        # The ids are the same in every token: refused here as the sender's error (422), not
+        # discovered link by link inside the engine.
+        signer.open_url(campaign_id=body.campaign_id, recipient_id=body.recipient_id, sent_at=sent_at,
+                        message_id=body.message_id)  # fmt: skip
+    except SigningError as exc:
+        raise APIError(422, "invalid_request", str(exc)) from None
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_POOL, rewrite_one, signer, body, options, sent_at, cap)
