@@ -132,7 +132,8 @@ def test_without_a_pixel_undoing_the_links_gives_the_input_back(api: httpx.Clien
 def test_rewrites_do_not_stall_redirects(server: ServerProcess, api: httpx.Client) -> None:
     click = api.post("/v1/tracking-urls", json={"campaign_id": "rw-stall", "recipient_id": "r",
                                                 "links": ["https://a.example/"]}).json()["click_urls"][0]  # fmt: skip
-    links = "".join(f'<p><a href="https://shop.example/{i}?utm_source=x&amp;n={i}">item {i}</a></p>\n' for i in range(4000))
+    row = '<p><a href="https://shop.example/{0}?utm_source=x&amp;n={0}">item {0}</a></p>\n'
+    links = "".join(row.format(i) for i in range(4000))
     email = f"<html><body>{links}</body></html>"
     latencies: list[float] = []
     done = threading.Event()
