@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api import APIError, ASCIIJSONResponse, Authorised, parse_json_body
-from app.rewrite import OptionsError, RewriteOptions, compile_email
+from app.rewrite import OptionsError, Rendered, RewriteOptions, compile_email
 from app.rewrite_signer import KeyRingSigner, resolve_sent_at
 from trackd_links.tokens import SigningError
 
@@ -106,6 +106,11 @@ def rewrite_one(signer: KeyRingSigner, body: RewriteRequest, options: RewriteOpt
         log.exception("rewrite failed open (campaign %r)", body.campaign_id)
         return {"html": body.html, "text": body.text, "open_url": None, "links": [], "skipped": [],
                 "error": f"internal error: {type(exc).__name__}: {exc}"}  # fmt: skip
+    return rendered_json(out)
+
+
+def rendered_json(out: Rendered) -> dict[str, Any]:
+    """A rendered email as POST /v1/rewrite answers it (also `trackd rewrite --json` and its manifest)."""
     return {
         "html": out.html,
         "text": out.text,
