@@ -4,14 +4,16 @@ tracked and an open pixel, for one recipient (engine: app.rewrite; URLs: app.rew
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api import APIError, ASCIIJSONResponse, Authorised, parse_json_body
+from app.api import APIError, Authorised, parse_json_body
 from app.rewrite import OptionsError, Rendered, RewriteOptions, compile_email
 from app.rewrite_signer import KeyRingSigner, resolve_sent_at
 from trackd_links.tokens import SigningError
@@ -124,14 +126,23 @@ def rendered_json(out: Rendered) -> dict[str, Any]:
     }
 
 
-# ASCII JSON: a part may hold lone surrogates (JSON escapes, or bytes the CLI kept by
-# surrogateescape) and answering must never fail on them.
-@rewrite_router.post("/rewrite", response_model=RewriteResponse, response_class=ASCIIJSONResponse,
-                     openapi_extra=_BODY_SCHEMA)  # fmt: skip
-async def rewrite(request: Request, svc: Authorised) -> dict[str, Any]:
+@rewrite_router.post("/rewrite", response_model=RewriteResponse, openapi_extra=_BODY_SCHEMA)
+async def rewrite(request: Request, svc: Authorised) -> Response:
     # `svc` (the bearer check) is resolved before this body runs: nothing is read unauthenticated.
     cap = svc.settings.rewrite_max_bytes
-    body = parse_json_body(await _read_capped(request, cap), RewriteRequest)
+    raw = await _read_capped(request, cap)
+    signer = KeyRingSigner(svc.keyring, svc.settings.base_url)
+    loop = asyncio.get_running_loop()
+    # Everything that costs CPU in proportion to the email (JSON in, compile, render, JSON out)
+    # runs in the pool; the loop only reads the body and writes the answer.
+    content = await loop.run_in_executor(_POOL, _answer, raw, signer, cap)
+    return Response(content, media_type="application/json")
+
+
+def _answer(raw: bytes, signer: KeyRingSigner, cap: int) -> bytes:
+    """The answer's JSON, or the APIError / RequestValidationError for the client (raised through
+    the future into the endpoint, so the app's handlers answer them as every other error)."""
+    body = parse_json_body(raw, RewriteRequest)
     if body.html is None and body.text is None:
         raise APIError(422, "invalid_request", "give html, text or both", field="html")
     try:
@@ -139,7 +150,6 @@ async def rewrite(request: Request, svc: Authorised) -> dict[str, Any]:
     except OptionsError as exc:
         field = f"options.{exc.field}"
         raise APIError(422, "invalid_options", f"{field}: {exc.message}", field=field) from None
-    signer = KeyRingSigner(svc.keyring, svc.settings.base_url)
     sent_at = resolve_sent_at(body.sent_at)
     try:
         # The ids are the same in every token: refused here as the sender's error (422), not
@@ -148,5 +158,6 @@ async def rewrite(request: Request, svc: Authorised) -> dict[str, Any]:
                         message_id=body.message_id)  # fmt: skip
     except SigningError as exc:
         raise APIError(422, "invalid_request", str(exc)) from None
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_POOL, rewrite_one, signer, body, options, sent_at, cap)
+    result = rewrite_one(signer, body, options, sent_at, cap)
+    # ASCII JSON: a part may hold lone surrogates (JSON escapes) and answering must never fail on them.
+    return json.dumps(result, ensure_ascii=True, separators=(",", ":")).encode("ascii")
