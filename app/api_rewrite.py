@@ -4,8 +4,11 @@ tracked and an open pixel, for one recipient (engine: app.rewrite; URLs: app.rew
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -14,7 +17,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api import APIError, Authorised, parse_json_body
-from app.rewrite import OptionsError, Rendered, RewriteOptions, compile_email
+from app.rewrite import CompiledEmail, OptionsError, Rendered, RewriteOptions, compile_email
 from app.rewrite_signer import KeyRingSigner, resolve_sent_at
 from trackd_links.tokens import SigningError
 
@@ -25,6 +28,47 @@ log = logging.getLogger("trackd.rewrite")
 # rewrites queues here and cannot delay the other work handed to threads (journal syncs); two
 # threads, because the GIL lets only one run Python at a time anyway.
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="trackd-rewrite")
+
+
+class _CompiledCache:
+    """The last few compiled emails, by content. A sender posts one campaign's email once per
+    recipient: compiling it (about 25 ms for 100 KB) every time would be the request's main cost,
+    rendering (a few ms) is the rest. Compiling is a pure function of what the key holds, and
+    render never changes a CompiledEmail, so sharing one between requests and threads is safe.
+    Bounded by entries and by the characters they hold (their chunks are about that size)."""
+
+    def __init__(self, max_entries: int = 16, max_chars: int = 16 << 20) -> None:
+        self.max_entries, self.max_chars = max_entries, max_chars
+        self._items: OrderedDict[tuple[object, ...], tuple[CompiledEmail, int]] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def get(self, html: str | None, text: str | None, options: RewriteOptions, own: tuple[str, ...],
+            max_chars: int) -> CompiledEmail:  # fmt: skip
+        key = (_digest(html), _digest(text), options, own, max_chars)
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                return hit[0]
+        compiled = compile_email(html, text, options, own_prefixes=own, max_chars=max_chars)
+        size = len(html or "") + len(text or "")
+        with self._lock:
+            if key not in self._items and size <= self.max_chars:
+                self._items[key] = (compiled, size)
+                self._chars += size
+                while len(self._items) > self.max_entries or self._chars > self.max_chars:
+                    _, (_, dropped) = self._items.popitem(last=False)
+                    self._chars -= dropped
+        return compiled
+
+
+def _digest(part: str | None) -> bytes | None:
+    # surrogatepass: a part may hold lone surrogates (JSON escapes); they are part of its identity.
+    return None if part is None else hashlib.blake2b(part.encode("utf-8", "surrogatepass"), digest_size=20).digest()
+
+
+_COMPILED = _CompiledCache()
 
 
 class RewriteRequest(BaseModel):
@@ -101,7 +145,7 @@ def rewrite_one(signer: KeyRingSigner, body: RewriteRequest, options: RewriteOpt
     raises all the same (a bug, or a signer error it let through) fails open here too: the input
     back untouched with the reason, never half a rewrite and never a 500 for a sender to retry."""
     try:
-        compiled = compile_email(body.html, body.text, options, own_prefixes=signer.own_prefixes, max_chars=max_chars)
+        compiled = _COMPILED.get(body.html, body.text, options, signer.own_prefixes, max_chars)
         out = compiled.render(signer, body.campaign_id, body.recipient_id, sent_at=sent_at,
                               message_id=body.message_id)  # fmt: skip
     except Exception as exc:

@@ -36,6 +36,18 @@ EMAIL_BYTES = 100_000
 # One block of a typical campaign layout: a table row, an Outlook button in a conditional comment
 # with its <a> fallback, tracked links with UTM parameters (&amp; as editors write them), a mailto.
 _UTM = "utm_source=mail&amp;utm_medium=email&amp;utm_campaign=spring"
+# Copy between the links: real 100 KB campaigns are mostly inline styles and text, with tens of
+# links, not hundreds (the 100 KB email here has about 100, its VML buttons counted).
+_COPY = (
+    '<tr><td class="copy" style="padding:0 16px 16px;font-family:Georgia,serif;font-size:16px;line-height:24px;'
+    'color:#444;mso-line-height-rule:exactly">\n'
+    '<p style="margin:0 0 12px">Sed ut perspiciatis unde omnis iste natus error sit voluptatem accusantium\n'
+    "doloremque laudantium, totam rem aperiam, eaque ipsa quae ab illo inventore veritatis et quasi architecto\n"
+    "beatae vitae dicta sunt explicabo. Nemo enim ipsam voluptatem quia voluptas sit aspernatur aut odit aut\n"
+    "fugit, sed quia consequuntur magni dolores eos qui ratione voluptatem sequi nesciunt. Neque porro quisquam\n"
+    "est, qui dolorem ipsum quia dolor sit amet, consectetur, adipisci velit, sed quia non numquam eius modi.</p>\n"
+    "</td></tr>\n"
+)
 _BLOCK = (
     '<tr><td style="padding:16px;font-family:Arial,sans-serif;font-size:15px;line-height:22px;color:#333">\n'
     '<h2 style="margin:0 0 8px">Item {i}: spring collection</h2>\n'
@@ -49,7 +61,7 @@ _BLOCK = (
     "<!--<![endif]-->\n"
     '<p style="margin:12px 0 0"><a href="https://blog.example.com/posts/{i}">Read the story</a> &middot;\n'
     '<a href="mailto:help@example.com">Questions?</a></p>\n'
-    "</td></tr>\n"
+    "</td></tr>\n" + _COPY * 3
 )
 
 
