@@ -10,11 +10,13 @@ import time
 import httpx
 import pytest
 
-from tests.support import API_KEY, ServerProcess
+from tests.support import API_KEY, SIGNING_KEYS, ServerProcess
+from trackd_links.tokens import KIND_CLICK, KeyRing
 
 pytestmark = pytest.mark.e2e
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+RING = KeyRing.from_specs(SIGNING_KEYS.split(","))
 JSON = {"Content-Type": "application/json"}
 CAP = 2 << 20  # TRACKD_REWRITE_MAX_BYTES's default
 
@@ -112,6 +114,21 @@ def test_a_rewritten_email_redirects_and_its_pixel_answers(api: httpx.Client, cl
     pixel = client.get(out["open_url"])
     assert pixel.status_code == 200 and pixel.headers["content-type"] == "image/gif"
     assert pixel.content.startswith(b"GIF")
+
+
+def test_one_email_for_two_recipients(api: httpx.Client) -> None:
+    # The second request reuses the compiled email: it must still be this recipient's own.
+    outs = []
+    for recipient in ("r-a", "r-b"):
+        answer = api.post("/v1/rewrite", json={"campaign_id": "rw-two", "recipient_id": recipient, "html": EMAIL})
+        assert answer.status_code == 200, answer.text
+        outs.append(answer.json())
+    assert outs[0]["html"] != outs[1]["html"] and outs[0]["open_url"] != outs[1]["open_url"]
+    for out, recipient in zip(outs, ("r-a", "r-b"), strict=True):
+        (link,) = out["links"]
+        claims = RING.open(link["click_url"].rsplit("/c/", 1)[1], KIND_CLICK)
+        assert claims is not None and claims.recipient_id == recipient and claims.part == "html"
+        assert out["html"].replace(link["click_url"], link["raw"]).count(link["raw"]) == 1
 
 
 def test_without_a_pixel_undoing_the_links_gives_the_input_back(api: httpx.Client) -> None:

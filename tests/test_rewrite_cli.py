@@ -168,3 +168,21 @@ def test_cli_links_redirect_on_a_real_server(server: ServerProcess) -> None:
     assert answer.status_code == 302 and answer.headers["location"] == "https://shop.example/p?a=1&b=2"
     pixel = httpx.get(out["open_url"], timeout=10)
     assert pixel.status_code == 200 and pixel.headers["content-type"] == "image/gif"
+
+
+def test_over_the_cap_fails_open_with_the_input_untouched(tmp_path: Path) -> None:
+    big = HTML + "<!--" + "x" * 2000 + "-->\n"
+    result = run("--campaign", "C", "--recipient", "R", env={"TRACKD_REWRITE_MAX_BYTES": "1024"}, stdin=big.encode())
+    assert result.returncode == 3
+    assert result.stdout == big.encode()
+    err = result.stderr.decode()
+    assert err.count("\n") == 1 and "untouched" in err and "too_large" in err, err
+
+
+def test_a_rewrite_cap_over_the_body_cap_is_refused() -> None:
+    env = {"TRACKD_REWRITE_MAX_BYTES": "8388608", "TRACKD_API_MAX_BODY_BYTES": "4194304"}
+    result = run("--campaign", "C", "--recipient", "R", env=env, stdin=b"x")
+    err = result.stderr.decode()
+    assert (
+        result.returncode == 78 and err.startswith("TRACKD_REWRITE_MAX_BYTES: ") and "TRACKD_API_MAX_BODY_BYTES" in err
+    )
