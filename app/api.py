@@ -9,7 +9,7 @@ import json
 import os
 import socket
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import asyncpg
 from fastapi import APIRouter, Depends, Query, Request
@@ -19,11 +19,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app import __version__
+from app.rewrite_signer import click_url, open_url
 from app.services import Services
 from trackd_links.tokens import KeyRing, SigningError
 from trackd_links.urls import InvalidURL
 
 MAX_LINKS = 1000
+M = TypeVar("M", bound=BaseModel)
 
 
 class ASCIIJSONResponse(JSONResponse):
@@ -124,7 +126,11 @@ SIGN_SLICE = 25
 async def _parse_body(request: Request) -> TrackingURLsRequest:
     """The body, parsed only now: after the bearer check (a dependency), so an unauthenticated
     client cannot make trackd parse megabytes of JSON. Errors are answered as FastAPI's own."""
-    raw = await request.body()
+    return parse_json_body(await request.body(), TrackingURLsRequest)
+
+
+def parse_json_body(raw: bytes, model: type[M]) -> M:
+    """`raw` as `model`, errors answered as FastAPI's own (422 with `detail`), or 400."""
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -133,7 +139,7 @@ async def _parse_body(request: Request) -> TrackingURLsRequest:
     except (RecursionError, UnicodeDecodeError, ValueError):
         raise APIError(400, "bad_request", "there was an error parsing the body") from None
     try:
-        return TrackingURLsRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
         raise RequestValidationError(errors) from None
@@ -178,8 +184,8 @@ async def tracking_urls(request: Request, svc: Authorised) -> dict[str, Any]:
             where = f"{field}[{index}]" if field else f"links[{index}]"
             raise APIError(422, "invalid_request" if field else "invalid_link", f"{where}: {exc}", link=link,
                            index=index, **({"field": field} if field else {})) from None  # fmt: skip
-        click_urls.append(f"{base}/c/{token}")
-    out: dict[str, Any] = {"open_url": f"{base}/o/{open_token}.gif", "click_urls": click_urls}
+        click_urls.append(click_url(base, token))
+    out: dict[str, Any] = {"open_url": open_url(base, open_token), "click_urls": click_urls}
     if body.honeypot:
         out["honeypot_url"] = _honeypot_url(ring, body, base)
     return out
@@ -197,7 +203,7 @@ def _honeypot_url(ring: KeyRing, body: TrackingURLsRequest, base: str) -> str:
                                 message_id=body.message_id, honeypot=True)  # fmt: skip
     except (InvalidURL, SigningError) as exc:
         raise APIError(422, "invalid_link", f"honeypot_link: {exc}", link=target) from None
-    return f"{base}/c/{token}"
+    return click_url(base, token)
 
 
 _STATS_SQL = """

@@ -1,25 +1,33 @@
-"""`trackd serve | sign | decode | migrate | keygen | sizing`."""
+"""`trackd serve | sign | rewrite | decode | migrate | keygen | sizing`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import datetime
 import difflib
 import fcntl
+import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import sys
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import AliasChoices, ValidationError
 
 from app import sizing
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.rewrite import CompiledEmail, RewriteOptions
+    from app.rewrite_signer import KeyRingSigner
 
 
 def _logging(level: str) -> None:
@@ -149,6 +157,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def sign(args: argparse.Namespace) -> int:
     from app.main import build_keyring
+    from app.rewrite_signer import click_url, open_url
     from trackd_links.tokens import SigningError
     from trackd_links.urls import InvalidURL
 
@@ -160,7 +169,7 @@ def sign(args: argparse.Namespace) -> int:
     except SigningError as exc:
         print(f"trackd sign: {exc}", file=sys.stderr)
         return 2
-    print(f"{base}/o/{pixel}.gif")
+    print(open_url(base, pixel))
     for index, url in enumerate(args.urls):
         try:
             token = ring.sign_click(
@@ -170,7 +179,7 @@ def sign(args: argparse.Namespace) -> int:
         except (InvalidURL, SigningError) as exc:
             print(f"trackd sign: {url!r}: {exc}", file=sys.stderr)
             return 2
-        print(f"{base}/c/{token}")
+        print(click_url(base, token))
     return 0
 
 
@@ -261,6 +270,221 @@ def decode(args: argparse.Namespace) -> int:
         for name, value in fields.items():
             print(f"{name}: {_field_text(value)}")
     return 0
+
+
+class RewriteUsage(Exception):
+    """What `trackd rewrite` was given cannot be rewritten (one line on stderr, exit 2)."""
+
+
+# Options of the engine and the flags that set them: errors name the flag the user typed.
+_OPTION_FLAGS = {"pixel": "--pixel", "text": "--text-mode", "honeypot": "--honeypot",
+                 "list_unsubscribe": "--list-unsubscribe", "skip": "--skip"}  # fmt: skip
+_SAFE_NAME = re.compile(r"[A-Za-z0-9@+_-][A-Za-z0-9@+._-]{0,99}")
+
+
+def _read_part(path: str | None, *, stdin_taken: list[bool]) -> str | None:
+    """A part's text. Read as bytes and decoded as UTF-8 with surrogateescape: bytes of any other
+    ASCII-compatible charset survive the round trip exactly (written back the same way)."""
+    if path is None:
+        return None
+    if path == "-":
+        if stdin_taken[0]:
+            raise RewriteUsage("--html and --text cannot both be - (stdin)")
+        stdin_taken[0] = True
+        return sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+    try:
+        return Path(path).read_bytes().decode("utf-8", "surrogateescape")
+    except OSError as exc:
+        raise RewriteUsage(f"{path}: {exc.strerror or exc}") from None
+
+
+def _write_part(path: Path | None, text: str) -> None:
+    data = text.encode("utf-8", "surrogateescape")
+    if path is None:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise RewriteUsage(f"{path}: {exc.strerror or exc}") from None
+
+
+def _rewrite_options(args: argparse.Namespace) -> RewriteOptions:
+    from app.rewrite import OptionsError, RewriteOptions
+
+    raw: dict[str, object] = {}  # only what was given: the engine's defaults are the documented ones
+    if args.pixel is not None:
+        raw["pixel"] = args.pixel
+    if args.text_mode is not None:
+        raw["text"] = args.text_mode
+    if args.honeypot:
+        raw["honeypot"] = True
+    if args.list_unsubscribe:
+        raw["list_unsubscribe"] = list(args.list_unsubscribe)
+    if args.skip:
+        raw["skip"] = list(args.skip)
+    try:
+        return RewriteOptions.parse(raw)
+    except OptionsError as exc:
+        raise RewriteUsage(f"{_OPTION_FLAGS.get(exc.field, exc.field)}: {exc.message}") from None
+
+
+class _Recipient(NamedTuple):
+    line: int
+    recipient_id: str
+    message_id: str | None
+    sent_at: int
+
+
+def _recipients(path: Path, default_sent_at: int) -> list[_Recipient]:
+    """Every row of the CSV, checked before anything is written (a bad row 900 must not leave
+    899 files behind): columns recipient_id, and optionally message_id and sent_at."""
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise RewriteUsage(f"{path}: {exc.strerror or exc}") from None
+    rows: list[_Recipient] = []
+    seen: set[str] = set()
+    with handle:
+        try:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            if "recipient_id" not in columns:
+                raise RewriteUsage(f"{path}: no recipient_id column (columns: {', '.join(columns) or 'none'})")
+            for row in reader:
+                where = f"{path} line {reader.line_num}"
+                rid = (row.get("recipient_id") or "").strip()
+                if not rid:
+                    raise RewriteUsage(f"{where}: recipient_id is empty")
+                if rid in seen:
+                    raise RewriteUsage(f"{where}: recipient_id {rid!r} is there twice")
+                seen.add(rid)
+                message_id = (row.get("message_id") or "").strip() or None
+                sent = (row.get("sent_at") or "").strip()
+                if not sent:
+                    sent_at = default_sent_at
+                elif sent.isdigit() and int(sent) < 2**32:
+                    sent_at = int(sent)
+                else:
+                    raise RewriteUsage(f"{where}: sent_at {sent!r} is not unix seconds")
+                rows.append(_Recipient(reader.line_num, rid, message_id, sent_at))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise RewriteUsage(f"{path}: not a UTF-8 CSV file: {exc}") from None
+    if not rows:
+        raise RewriteUsage(f"{path}: no recipients")
+    return rows
+
+
+def _file_stem(recipient_id: str, used: set[str]) -> str:
+    """A file name for a recipient: the id itself when it is a plain, safe name, else a hash of it
+    (ids are any UTF-8: '/', '..', NUL). Casefolded for the check, for case-insensitive disks."""
+    stem = recipient_id if _SAFE_NAME.fullmatch(recipient_id) else ""
+    if not stem or stem.casefold() in used:
+        stem = "id-" + hashlib.sha256(recipient_id.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    used.add(stem.casefold())
+    return stem
+
+
+def rewrite(args: argparse.Namespace) -> int:
+    try:
+        return _rewrite(args)
+    except RewriteUsage as exc:
+        print(f"trackd rewrite: {exc}", file=sys.stderr)
+        return 2
+
+
+def _rewrite(args: argparse.Namespace) -> int:
+    from app.api_rewrite import rendered_json
+    from app.main import build_keyring
+    from app.rewrite import compile_email
+    from app.rewrite_signer import KeyRingSigner, resolve_sent_at
+    from trackd_links.tokens import SigningError
+
+    batch = args.recipients is not None
+    if batch == (args.recipient is not None):
+        raise RewriteUsage("give --recipient (one email to stdout) or --recipients CSV with --out-dir (batch)")
+    if batch and args.out_dir is None:
+        raise RewriteUsage("--recipients needs --out-dir (one file per recipient goes there)")
+    if batch and (args.out_html or args.out_text or args.json or args.message_id):
+        raise RewriteUsage("--out-html, --out-text, --json and --message-id are for one --recipient;"
+                           " with --recipients, message ids are a CSV column")  # fmt: skip
+    if not batch and args.out_dir is not None:
+        raise RewriteUsage("--out-dir is for --recipients (batch)")
+    options = _rewrite_options(args)
+    stdin_taken = [False]
+    html_path = "-" if args.html is None and args.text is None else args.html
+    html = _read_part(html_path, stdin_taken=stdin_taken)
+    text = _read_part(args.text, stdin_taken=stdin_taken)
+    if not batch and not args.json and html is not None and text is not None and not (args.out_html or args.out_text):
+        raise RewriteUsage("both parts would go to stdout: give --out-html and/or --out-text, or --json")
+
+    settings = load_settings()
+    signer = KeyRingSigner.from_settings(settings, build_keyring(settings))
+    default_sent_at = resolve_sent_at(args.sent_at)
+    if batch:
+        recipients = _recipients(args.recipients, default_sent_at)
+    else:
+        recipients = [_Recipient(0, args.recipient, args.message_id, default_sent_at)]
+    for r in recipients:  # ids the signer refuses, found before anything is written
+        try:
+            signer.open_url(campaign_id=args.campaign, recipient_id=r.recipient_id, sent_at=r.sent_at,
+                            message_id=r.message_id)  # fmt: skip
+        except SigningError as exc:
+            where = f"{args.recipients} line {r.line}: " if batch else ""
+            raise RewriteUsage(f"{where}{exc}") from None
+
+    # Compiled once: the per-recipient work is joining precomputed chunks with signed URLs.
+    compiled = compile_email(html, text, options, own_prefixes=signer.own_prefixes,
+                             max_chars=settings.rewrite_max_bytes)  # fmt: skip
+    if batch:
+        _write_batch(args, compiled, signer, recipients, html is not None, text is not None)
+    else:
+        r = recipients[0]
+        out = compiled.render(signer, args.campaign, r.recipient_id, sent_at=r.sent_at, message_id=r.message_id)
+        if args.json:
+            print(json.dumps(rendered_json(out), ensure_ascii=True))
+        else:
+            if out.html is not None:
+                _write_part(args.out_html, out.html)
+            if out.text is not None:
+                _write_part(args.out_text, out.text)
+    if compiled.error is not None:
+        # Fail-open, as the API: the output is the input, untouched; the exit status says so.
+        print(f"trackd rewrite: not rewritten (the output is the input, untouched): {compiled.error}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _write_batch(args: argparse.Namespace, compiled: CompiledEmail, signer: KeyRingSigner,
+                 recipients: list[_Recipient], has_html: bool, has_text: bool) -> None:  # fmt: skip
+    """One file per recipient and part in --out-dir, and manifest.jsonl: a line per recipient
+    with its files and what POST /v1/rewrite would answer besides the parts (links, skipped)."""
+    from app.api_rewrite import rendered_json
+
+    out_dir: Path = args.out_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        manifest = (out_dir / "manifest.jsonl").open("w", encoding="ascii")
+    except OSError as exc:
+        raise RewriteUsage(f"{out_dir}: {exc.strerror or exc}") from None
+    used: set[str] = {"manifest"}
+    with manifest:
+        for r in recipients:
+            out = compiled.render(signer, args.campaign, r.recipient_id, sent_at=r.sent_at, message_id=r.message_id)
+            stem = _file_stem(r.recipient_id, used)
+            entry = rendered_json(out)
+            files: dict[str, str | None] = {"html_file": None, "text_file": None}
+            for part, suffix, wanted in (("html", ".html", has_html), ("text", ".txt", has_text)):
+                value = entry.pop(part)
+                if wanted and isinstance(value, str):
+                    _write_part(out_dir / (stem + suffix), value)
+                    files[f"{part}_file"] = stem + suffix
+            line = {"recipient_id": r.recipient_id, "message_id": r.message_id, "sent_at": r.sent_at, **files, **entry}
+            manifest.write(json.dumps(line, ensure_ascii=True) + "\n")
+    print(f"wrote {len(recipients)} recipients to {out_dir} (manifest.jsonl lists each one's files and links)",
+          file=sys.stderr)  # fmt: skip
 
 
 def migrate_cmd(args: argparse.Namespace) -> int:
@@ -393,6 +617,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sent-at", type=int, help="send time, unix seconds (default now)")
     p.add_argument("urls", nargs="*", metavar="URL")
     p.set_defaults(func=sign)
+
+    p = sub.add_parser(
+        "rewrite", help="track the links of an email and add its open pixel, for one recipient or a CSV of them",
+        description="Rewrite one email (--html FILE and/or --text FILE; '-' or neither: HTML from stdin), signing"
+        " locally with TRACKD_SIGNING_KEYS for TRACKD_PUBLIC_URL as `trackd sign` does. One --recipient: the"
+        " rewritten part on stdout (or --out-html/--out-text, or --json for what POST /v1/rewrite answers)."
+        " --recipients CSV (columns recipient_id, optional message_id, sent_at) and --out-dir: one file per"
+        " recipient and part there, plus manifest.jsonl. The email is compiled once. Exit 2: bad input;"
+        " 3: the engine failed open (the output is the input, untouched).",
+    )  # fmt: skip
+    p.add_argument("--campaign", required=True)
+    p.add_argument("--recipient", help="one recipient: output on stdout or --out-html/--out-text")
+    p.add_argument("--recipients", type=Path, metavar="CSV", help="batch: recipient_id[,message_id][,sent_at]")
+    p.add_argument("--html", metavar="FILE", help="the HTML part ('-': stdin)")
+    p.add_argument("--text", metavar="FILE", help="the plain-text part ('-': stdin)")
+    p.add_argument("--out-html", type=Path, metavar="FILE")
+    p.add_argument("--out-text", type=Path, metavar="FILE")
+    p.add_argument("--out-dir", type=Path, metavar="DIR", help="batch: where the files go")
+    p.add_argument("--json", action="store_true", help="print the result as POST /v1/rewrite answers it")
+    p.add_argument("--message-id", help="the sender's message id (one recipient; batch: a CSV column)")
+    p.add_argument("--sent-at", type=int, help="send time, unix seconds (default now; batch: rows without one)")
+    p.add_argument("--pixel", help="bottom (default), marker (replaces <!--trackd:open-->) or none")
+    p.add_argument("--text-mode", help="which text-part URLs to track: off, match-html (default) or all")
+    p.add_argument("--honeypot", action="store_true", help="add a link only machines follow")
+    p.add_argument("--list-unsubscribe", action="append", metavar="URL", help="a URL never to track (repeatable)")
+    p.add_argument("--skip", action="append", metavar="PATTERN", help="URLs never to track (repeatable)")
+    p.set_defaults(func=rewrite)
 
     p = sub.add_parser(
         "decode", help="print what a token says, or why it does not open",

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__, dashboard, metrics_server
 from app.api import APIError, ASCIIJSONResponse, ops, v1
+from app.api_rewrite import rewrite_router
 from app.copyrows import RowEncoder
 from app.db import create_pool, migrate
 from app.hotpath import HotPath
@@ -190,6 +191,7 @@ def create_app(settings: Settings | None = None) -> HotPath:
         redoc_url=None,
     )
     api.include_router(v1)
+    api.include_router(rewrite_router)
     api.include_router(ops)
     api.include_router(dashboard.router)
     api.mount("/dashboard/assets", dashboard.assets(), name="dashboard-assets")
