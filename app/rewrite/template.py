@@ -81,6 +81,26 @@ class Rendered:
     error: str | None
 
 
+# A frozen dataclass's __init__ sets each field through object.__setattr__: 2.7 us per link, half
+# of a render's budget at 20 links. Writing the slots through their descriptors gives the same
+# object (equal, immutable from outside) in 0.6 us.
+_NEW = object.__new__
+_SET_PART, _SET_INDEX, _SET_NAME, _SET_URL, _SET_RAW, _SET_CLICK = (
+    RenderedLink.__dict__[f].__set__ for f in ("part", "index", "name", "url", "raw", "click_url")
+)
+
+
+def _rendered_link(part: str, index: int, name: str | None, url: str, raw: str, click_url: str) -> RenderedLink:
+    link: RenderedLink = _NEW(RenderedLink)
+    _SET_PART(link, part)
+    _SET_INDEX(link, index)
+    _SET_NAME(link, name)
+    _SET_URL(link, url)
+    _SET_RAW(link, raw)
+    _SET_CLICK(link, click_url)
+    return link
+
+
 class _Slot:
     """A place in the output where a signed URL goes: a link, the pixel (open) or the honeypot."""
 
@@ -170,7 +190,7 @@ class CompiledEmail:
                         if not url or _UNSAFE.search(url):
                             raise ValueError("the signer's click URL would need escaping in HTML")
                         if not slot.honeypot:
-                            links.append(RenderedLink(slot.part, slot.index, slot.name, slot.url, slot.raw, url))
+                            links.append(_rendered_link(slot.part, slot.index, slot.name, slot.url, slot.raw, url))
                     parts.append(url)
                     parts.append(lit)
                 outs.append("".join(parts))
