@@ -399,7 +399,8 @@ def test_text_all() -> None:
         f"See {TRK}/c/text-0. ({TRK}/c/text-1) <{TRK}/c/text-2>, ( {TRK}/c/text-3 ) and {TRK}/c/text-4! {TRK}/c/text-5;"
     )
     assert [link.url for link in out.links] == [
-        "https://x/path/", "https://x/y", "https://x/z", "https://x/w", "https://x/Foo_(bar)", "https://x/q?a=1&b=2"]  # fmt: skip
+        "https://x/path/", "https://x/y", "https://x/z", "https://x/w", "https://x/Foo_(bar)", "https://x/q?a=1&b=2",
+    ]  # fmt: skip
     assert out.open_url == f"{TRK}/o/rcpt.gif" and out.html is None
 
 
@@ -456,11 +457,11 @@ def test_options_defaults_and_parse() -> None:
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
-        ({"pixel": "top"}, "pixel"), ({"pixel": 1}, "pixel"), ({"text": "on"}, "text"), ({"honeypot": "yes"}, "honeypot"),
-        ({"honeypot": 1}, "honeypot"), ({"skip": "a.example"}, "skip"), ({"skip": [""]}, "skip[0]"),
+        ({"pixel": "top"}, "pixel"), ({"pixel": 1}, "pixel"), ({"text": "on"}, "text"),
+        ({"honeypot": "yes"}, "honeypot"), ({"honeypot": 1}, "honeypot"), ({"skip": "a.example"}, "skip"), ({"skip": [""]}, "skip[0]"),
         ({"skip": ["a.example", 3]}, "skip[1]"), ({"skip": ["has space.example"]}, "skip[0]"),
-        ({"skip": ["a/b"]}, "skip[0]"), ({"list_unsubscribe": [None]}, "list_unsubscribe[0]"), ({"colour": 1}, "colour"),
-        ([], "options"),
+        ({"skip": ["a/b"]}, "skip[0]"), ({"list_unsubscribe": [None]}, "list_unsubscribe[0]"),
+        ({"colour": 1}, "colour"), ([], "options"),
     ],
 )  # fmt: skip
 def test_bad_options(raw: object, field: str) -> None:
