@@ -458,7 +458,8 @@ def test_options_defaults_and_parse() -> None:
     ("raw", "field"),
     [
         ({"pixel": "top"}, "pixel"), ({"pixel": 1}, "pixel"), ({"text": "on"}, "text"),
-        ({"honeypot": "yes"}, "honeypot"), ({"honeypot": 1}, "honeypot"), ({"skip": "a.example"}, "skip"), ({"skip": [""]}, "skip[0]"),
+        ({"honeypot": "yes"}, "honeypot"), ({"honeypot": 1}, "honeypot"), ({"skip": "a.example"}, "skip"),
+        ({"skip": [""]}, "skip[0]"),
         ({"skip": ["a.example", 3]}, "skip[1]"), ({"skip": ["has space.example"]}, "skip[0]"),
         ({"skip": ["a/b"]}, "skip[0]"), ({"list_unsubscribe": [None]}, "list_unsubscribe[0]"),
         ({"colour": 1}, "colour"), ([], "options"),
