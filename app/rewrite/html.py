@@ -45,6 +45,7 @@ _PRESENCE_OPT_OUTS = frozenset(
 _VALUE_OPT_OUTS = {"data-trackd": "off", "clicktracking": "off", "data-msys-clicktrack": "0"}
 _NAME_ATTRIBUTES = ("data-trackd-name", "data-msys-linkname")
 _MARKER = "trackd:open"
+MAX_LINKS = 10_000  # per part: bounds a render's cost, and keeps every token's link index under 65536
 _ASCII_WS = "\t\n\f\r "
 
 
@@ -130,7 +131,9 @@ def _walk(s: str, start: int, end: int, conditional: bool, rules: LinkRules, pla
                     state.in_head = False
         elif kind == COMMENT:
             data_start, data_end = tok.inner_start, tok.inner_end
-            if s[data_start : data_start + 3].lower() == "[if":
+            # Not inside another conditional comment: comments do not nest, and a chain of unclosed
+            # `<!--[if` would otherwise rescan the rest of the document once per link (quadratic).
+            if not conditional and s[data_start : data_start + 3].lower() == "[if":
                 gt = s.find(">", data_start, data_end)
                 if gt >= 0:
                     _walk(s, gt + 1, data_end, True, rules, plan, state)
@@ -152,7 +155,7 @@ def _link(s: str, start: int, end: int, rules: LinkRules, plan: HtmlPlan, state:
         plan.opted_out.add(url)
         plan.skipped.append((raw, "opt_out"))
         return
-    reason = rules.reason(url)
+    reason = rules.reason(url) if len(plan.links) < MAX_LINKS else "too_many_links"
     if reason is not None:
         plan.skipped.append((raw, reason))
         return

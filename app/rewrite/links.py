@@ -6,13 +6,14 @@ value: an unclosed quote ran into the next tag), `fragment` (`#...`), `protocol_
 (`//host`), `relative`, `scheme` (mailto:, tel:, sms:, javascript:, data:, ...), `own_link`
 (already a trackd link), `list_unsubscribe`, `skip_pattern`, `invalid_url:<reason>` (an http(s)
 URL trackd refuses to sign, reason as in trackd_links.urls.InvalidURL), and, decided by the
-callers, `opt_out`, `in_head`, `invalid_name`, `opted_out_in_html`, `not_in_html`.
+callers, `opt_out`, `in_head`, `invalid_name`, `opted_out_in_html`, `not_in_html`, `too_many_links`
+(over 10,000 tracked links in one part).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trackd_links.urls import InvalidURL, to_location
 
@@ -53,6 +54,8 @@ class LinkRules:
     list_unsubscribe: frozenset[str]
     skip: tuple[str, ...]
 
+    _memo: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "own_prefixes", tuple(p.lower() for p in self.own_prefixes if p))
 
@@ -76,6 +79,18 @@ class LinkRules:
 
     def reason(self, url: str) -> str | None:
         """None when `url` is tracked, else the reason it is left alone."""
+        # Emails repeat their URLs (the VML button and its fallback, header and footer links);
+        # to_location is the costly step, so each distinct URL is judged once.
+        try:
+            return self._memo[url]
+        except KeyError:
+            pass
+        reason = self._reason(url)
+        if len(self._memo) < 100_000:
+            self._memo[url] = reason
+        return reason
+
+    def _reason(self, url: str) -> str | None:
         if not url:
             return "empty"
         if _PLACEHOLDER.search(url):

@@ -260,6 +260,4 @@ def _compile(compiled: CompiledEmail, html: str | None, text: str | None, option
         if pixel is not None:  # after the honeypot when both go at the bottom: the sort is stable
             html_edits.append((pixel[0], pixel[1], [PIXEL_BEFORE, _OPEN, PIXEL_AFTER]))
         compiled._html_lits, compiled._html_slots = _chunks(html, html_edits)
-    if n_html + n_text > 0xFFFF:
-        raise ValueError("more than 65535 links")
     compiled._skipped = skipped

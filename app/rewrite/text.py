@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from app.rewrite.html import MAX_LINKS
 from app.rewrite.links import LinkRules
 
 _URL = re.compile(r"""(?i:https?://)[^\s<>"]++""")
@@ -54,8 +55,10 @@ def plan_text(
     for m in _URL.finditer(s):
         end = _trimmed_end(s, m.start(), m.end())
         url = s[m.start() : end]
-        if url in opted_out:
-            reason: str | None = "opted_out_in_html"
+        if len(links) >= MAX_LINKS:
+            reason: str | None = "too_many_links"
+        elif url in opted_out:
+            reason = "opted_out_in_html"
         else:
             reason = rules.reason(url)
             if reason is None and mode == "match-html" and url not in tracked_in_html:
