@@ -45,6 +45,9 @@ _PRESENCE_OPT_OUTS = frozenset(
 _VALUE_OPT_OUTS = {"data-trackd": "off", "clicktracking": "off", "data-msys-clicktrack": "0"}
 _NAME_ATTRIBUTES = ("data-trackd-name", "data-msys-linkname")
 _MARKER = "trackd:open"
+# No URL trackd signs (2,048 characters, trackd_links.urls) is written in more than this, even
+# with every character an entity and whitespace around it.
+_LONGEST_RAW = 65_536
 MAX_LINKS = 10_000  # per part: bounds a render's cost, and keeps every token's link index under 65536
 _ASCII_WS = "\t\n\f\r "
 
@@ -147,6 +150,9 @@ def _link(s: str, start: int, end: int, rules: LinkRules, plan: HtmlPlan, state:
     if href is None:
         return  # `<a name=...>` and the like: not a link
     raw = s[href.value_start : href.value_end]
+    if len(raw) > _LONGEST_RAW:
+        plan.skipped.append((raw, "invalid_url:too_long"))  # before decoding a megabyte of entities
+        return
     url = browser_preprocess(decode_attribute(raw))
     if state.in_head:
         plan.skipped.append((raw, "in_head"))

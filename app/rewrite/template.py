@@ -173,26 +173,31 @@ class CompiledEmail:
                 raise ValueError("the signer's open URL would need escaping in HTML")
             links: list[RenderedLink] = []
             outs: list[str | None] = []
+            click_url = signer.click_url
             for lits, slots in ((self._html_lits, self._html_slots), (self._text_lits, self._text_slots)):
                 if lits is None:
                     outs.append(None)
                     continue
-                parts = [lits[0]]
-                for slot, lit in zip(slots, lits[1:], strict=True):
+                urls: list[str] = []
+                for slot in slots:
                     if slot.is_open:
-                        url = open_url
-                    else:
-                        url = signer.click_url(
-                            campaign_id=campaign_id, recipient_id=recipient_id, link_index=slot.token_index,
-                            url=slot.url, link_name=slot.name, part=slot.part, sent_at=sent_at,
-                            message_id=message_id, honeypot=slot.honeypot,
-                        )  # fmt: skip
-                        if not url or _UNSAFE.search(url):
-                            raise ValueError("the signer's click URL would need escaping in HTML")
-                        if not slot.honeypot:
-                            links.append(_rendered_link(slot.part, slot.index, slot.name, slot.url, slot.raw, url))
-                    parts.append(url)
-                    parts.append(lit)
+                        urls.append(open_url)
+                        continue
+                    url = click_url(
+                        campaign_id=campaign_id, recipient_id=recipient_id, link_index=slot.token_index, url=slot.url,
+                        link_name=slot.name, part=slot.part, sent_at=sent_at, message_id=message_id,
+                        honeypot=slot.honeypot,
+                    )  # fmt: skip
+                    urls.append(url)
+                    if not slot.honeypot:
+                        links.append(_rendered_link(slot.part, slot.index, slot.name, slot.url, slot.raw, url))
+                # One check over all of them (cheaper than one per URL): an empty URL, or one that
+                # would need escaping, would break the markup or the round trip.
+                if not all(urls) or _UNSAFE.search("".join(urls)):
+                    raise ValueError("the signer returned a URL that is empty or would need escaping in HTML")
+                parts: list[str] = [""] * (2 * len(urls) + 1)
+                parts[0::2] = lits
+                parts[1::2] = urls
                 outs.append("".join(parts))
         except Exception as exc:  # fail-open: never a half-rewritten email
             return self._untouched(f"render failed: {type(exc).__name__}: {exc}")
