@@ -159,7 +159,8 @@ def test_downlevel_revealed(doc: str) -> None:
         '<noscript><a href="https://x/">n</a></noscript>',
         '<iframe><a href="https://x/"></iframe><xmp><a href="https://x/"></xmp><noembed><a href="https://x/"></noembed>',
         '<noframes><a href="https://x/"></noframes>',
-        '<svg><a xlink:href="https://x/">s</a></svg>',
+        '<svg><a xlink:href="https://x/">s</a><a href="https://x/">s</a></svg>',
+        '<math><a href="https://x/">m</a></math>',
         '<menu><item href="https://x/">i</item></menu>',
         '<p data-href="https://x/" x-href="https://x/">p</p>',
         '<?xml href="https://x/"?><!DOCTYPE html href="https://x/"><![CDATA[<a href="https://x/">]]>',
@@ -179,6 +180,11 @@ def test_raw_text_ends_at_its_end_tag_in_any_case() -> None:
 def test_raw_text_not_closed_by_a_longer_name() -> None:
     doc = '<script>x</scripts><a href="https://x/1"></script><a href="https://x/2">'
     assert html_urls(check(doc, **NO_PIXEL)) == ["https://x/2"]
+
+
+def test_links_after_svg_are_rewritten() -> None:
+    doc = '<svg/><a href="https://x/1">1</a><svg><g><a href="https://x/no"/></g></SVG><a href="https://x/2">2</a>'
+    assert html_urls(check(doc, **NO_PIXEL)) == ["https://x/1", "https://x/2"]
 
 
 def test_area() -> None:

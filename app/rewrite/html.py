@@ -5,9 +5,10 @@ Rewritten: the first `href` of `a`, `area` and Outlook VML shapes (`v:roundrect`
 conditional comments (`<!--[if mso]>...<![endif]-->`, whose inside is tokenized again).
 Downlevel-revealed markup (`<![if !mso]>...<![endif]>`, `<!--[if !mso]><!-->...<!--<![endif]-->`)
 is ordinary markup to a tokenizer and is scanned as such. Never touched: `link`, `base`, `img`,
-forms, anything else's attributes, raw-text elements (tokenize.py), ordinary comments, and link
-elements inside `<head>` (from a `<head>` start tag to `</head>` or a `<body>` start tag: a
-choice; browsers would move such an `<a>` into the body, but it was written as head matter).
+forms, anything else's attributes, raw-text elements (tokenize.py), ordinary comments, SVG and
+MathML links (inside `<svg>`/`<math>`), and link elements inside `<head>` (from a `<head>` start
+tag to `</head>` or a `<body>` start tag: a choice; browsers would move such an `<a>` into the
+body, but it was written as head matter).
 
 Only the value span changes (between the quotes, or the unquoted value), with the quote kept;
 click URLs need no escaping (template.py checks it). The URL signed is the value decoded by the
@@ -44,6 +45,7 @@ _PRESENCE_OPT_OUTS = frozenset(
 )  # fmt: skip
 _VALUE_OPT_OUTS = {"data-trackd": "off", "clicktracking": "off", "data-msys-clicktrack": "0"}
 _NAME_ATTRIBUTES = ("data-trackd-name", "data-msys-linkname")
+_FOREIGN = frozenset({"svg", "math"})
 _MARKER = "trackd:open"
 # No URL trackd signs (2,048 characters, trackd_links.urls) is written in more than this, even
 # with every character an entity and whitespace around it.
@@ -75,6 +77,7 @@ class HtmlPlan:
 class _State:
     in_head: bool = False
     last_body_end: int = -1
+    foreign: int = 0  # open `<svg>`/`<math>` elements: their `a href` is SVG's, never rewritten
 
 
 def _opted_out(s: str, attrs: dict[str, Attribute]) -> bool:
@@ -120,14 +123,19 @@ def _walk(s: str, start: int, end: int, conditional: bool, rules: LinkRules, pla
         kind, name = tok.kind, tok.name
         if kind == START:
             if name in LINK_ELEMENTS:
-                _link(s, tok.inner_start, tok.inner_end, rules, plan, state)
+                if not state.foreign:
+                    _link(s, tok.inner_start, tok.inner_end, rules, plan, state)
+            elif name in _FOREIGN:
+                state.foreign += s[tok.inner_end - 1] != "/"  # `<svg/>` opens nothing
             elif not conditional:
                 if name == "head":
                     state.in_head = True
                 elif name == "body":
                     state.in_head = False
         elif kind == END:
-            if not conditional:
+            if name in _FOREIGN and state.foreign:
+                state.foreign -= 1
+            elif not conditional:
                 if name == "body":
                     state.last_body_end = tok.start
                 elif name == "head":
