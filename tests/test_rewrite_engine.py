@@ -513,3 +513,43 @@ def test_fail_open_on_a_bad_signer(click: str) -> None:
     doc = '<a href="https://x/">x</a><a href="https://x/2">x</a>'
     out = compile_email(doc, None, RewriteOptions()).render(_BadSigner(click), "c", "r")
     assert out.error and out.html == doc and out.links == [] and out.open_url is None
+
+
+# -- a whole template ------------------------------------------------------------------------
+
+
+def test_whole_newsletter_template() -> None:
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data" / "rewrite"
+    html = (data / "newsletter.html").read_text("utf-8")
+    text = (data / "newsletter.txt").read_text("utf-8")
+    unsubscribe = "<https://shop.example/unsubscribe?list=7&u=42>"
+    out = check(html, text, list_unsubscribe=[unsubscribe], own_prefixes=("https://t.example.com/c/", f"{TRK}/c/"))
+    sale_button = "https://shop.example/sale?utm_content=button&utm_source=newsletter"
+    assert [(link.part, link.index, link.name, link.url) for link in out.links] == [
+        ("html", 0, "logo", "https://shop.example/?utm_source=newsletter&utm_medium=email&utm_campaign=spring&region=eu"
+                            "&currency=usd"),
+        ("html", 1, None, 'https://shop.example/sale?q="spring"&sort=price'),
+        ("html", 2, None, "https://shop.example/catalogue.pdf?v=2&lang=en"),
+        ("html", 3, None, sale_button),
+        ("html", 4, None, sale_button),
+        ("html", 5, None, "https://shop.example/stores/north"),
+        ("html", 6, "map-south", "https://shop.example/stores/south"),
+        ("text", 0, None, sale_button),
+        ("text", 1, None, "https://shop.example/catalogue.pdf?v=2&lang=en"),
+    ]  # fmt: skip
+    assert [(s.part, s.reason) for s in out.skipped] == [
+        ("html", "in_head"), ("html", "scheme"), ("html", "scheme"), ("html", "fragment"), ("html", "relative"),
+        ("html", "opt_out"), ("html", "opt_out"), ("html", "placeholder"), ("html", "placeholder"),
+        ("html", "list_unsubscribe"), ("html", "protocol_relative"), ("html", "opt_out"), ("html", "own_link"),
+        ("text", "not_in_html"), ("text", "opted_out_in_html"), ("text", "not_in_html"), ("text", "not_in_html"),
+        ("text", "list_unsubscribe"),
+    ]  # fmt: skip
+    assert [s.raw for s in out.skipped if s.part == "text"][-3:-1] == [
+        "https://elsewhere.example/page", "https://shop.example/stores/(north)"]  # fmt: skip
+    assert out.html is not None and out.html.count('<img src="https://trk.test/o/') == 1
+    assert out.html.index("https://trk.test/o/") > out.html.index("footer: <a href")
+    assert out.html.endswith('padding:0;"></BODY>\n</html>\n')
+    assert '<link href="https://fonts.example/css?family=Roboto:400,700"' in out.html
+    assert 'src="https://shop.example/button-bg.png"' in out.html and "in-script" in out.html
