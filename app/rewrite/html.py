@@ -22,8 +22,9 @@ Names: `data-trackd-name` (or `data-msys-linkname`), at most 64 bytes of UTF-8.
 
 Pixel: before the last `</body>` end tag outside comments and raw text (any case); appended when
 there is none; or in place of the first `<!--trackd:open-->` (pixel "marker"; no marker: no
-pixel); never inside a conditional comment; at most one. The honeypot goes where the bottom
-pixel would.
+pixel); never inside a conditional comment; at most one, and none when the email already has
+trackd's pixel (an `<img>` whose src starts with an own prefix's `/o/` beside its `/c/`). The
+honeypot goes where the bottom pixel would.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class HtmlPlan:
     opted_out: set[str] = field(default_factory=set)  # cleaned URLs of opted-out links (kept out of text)
     bottom: int = -1  # where the bottom pixel (and honeypot) goes
     marker: tuple[int, int] | None = None  # the first `<!--trackd:open-->`
+    has_pixel: bool = False  # trackd's open pixel is already there (an email rewritten twice)
 
 
 @dataclass(slots=True)
@@ -125,6 +127,9 @@ def _walk(s: str, start: int, end: int, conditional: bool, rules: LinkRules, pla
             if name in LINK_ELEMENTS:
                 if not state.foreign:
                     _link(s, tok.inner_start, tok.inner_end, rules, plan, state)
+            elif name == "img" and not plan.has_pixel:
+                src = next((a for a in attributes(s, tok.inner_start, tok.inner_end) if a.name == "src"), None)
+                plan.has_pixel = src is not None and rules.own_pixel(browser_preprocess(_value(s, src)))
             elif name in _FOREIGN:
                 state.foreign += s[tok.inner_end - 1] != "/"  # `<svg/>` opens nothing
             elif not conditional:

@@ -59,6 +59,11 @@ class LinkRules:
     def __post_init__(self) -> None:
         object.__setattr__(self, "own_prefixes", tuple(p.lower() for p in self.own_prefixes if p))
 
+    def own_pixel(self, src: str) -> bool:
+        """Whether an image is already trackd's open pixel: `<prefix>/o/` beside each own `<prefix>/c/`."""
+        lowered = src.lower()
+        return any(p.endswith("/c/") and lowered.startswith(p[:-3] + "/o/") for p in self.own_prefixes)
+
     def _skipped_by_pattern(self, url: str) -> bool:
         host: str | None = None
         origin: str | None = None

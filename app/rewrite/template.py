@@ -245,7 +245,9 @@ def _compile(compiled: CompiledEmail, html: str | None, text: str | None, option
         opted_out = frozenset(plan.opted_out)
         first_url = plan.links[0].url if plan.links else None
         bottom = plan.bottom
-        if options.pixel == "bottom":
+        if plan.has_pixel:
+            pass  # never a second pixel
+        elif options.pixel == "bottom":
             pixel = (bottom, bottom)
         elif options.pixel == "marker" and plan.marker is not None:
             pixel = plan.marker
