@@ -121,17 +121,16 @@ def plan_html(s: str, rules: LinkRules) -> HtmlPlan:
 
 
 def _walk(s: str, start: int, end: int, conditional: bool, rules: LinkRules, plan: HtmlPlan, state: _State) -> None:
-    for tok in tokens(s, start, end):
-        kind, name = tok.kind, tok.name
+    for kind, tok_start, tok_end, name, inner_start, inner_end in tokens(s, start, end):
         if kind == START:
             if name in LINK_ELEMENTS:
                 if not state.foreign:
-                    _link(s, tok.inner_start, tok.inner_end, rules, plan, state)
+                    _link(s, inner_start, inner_end, rules, plan, state)
             elif name == "img" and not plan.has_pixel:
-                src = next((a for a in attributes(s, tok.inner_start, tok.inner_end) if a.name == "src"), None)
+                src = next((a for a in attributes(s, inner_start, inner_end) if a.name == "src"), None)
                 plan.has_pixel = src is not None and rules.own_pixel(browser_preprocess(_value(s, src)))
             elif name in _FOREIGN:
-                state.foreign += s[tok.inner_end - 1] != "/"  # `<svg/>` opens nothing
+                state.foreign += s[inner_end - 1] != "/"  # `<svg/>` opens nothing
             elif not conditional:
                 if name == "head":
                     state.in_head = True
@@ -142,11 +141,11 @@ def _walk(s: str, start: int, end: int, conditional: bool, rules: LinkRules, pla
                 state.foreign -= 1
             elif not conditional:
                 if name == "body":
-                    state.last_body_end = tok.start
+                    state.last_body_end = tok_start
                 elif name == "head":
                     state.in_head = False
         elif kind == COMMENT:
-            data_start, data_end = tok.inner_start, tok.inner_end
+            data_start, data_end = inner_start, inner_end
             # Not inside another conditional comment: comments do not nest, and a chain of unclosed
             # `<!--[if` would otherwise rescan the rest of the document once per link (quadratic).
             if not conditional and s[data_start : data_start + 3].lower() == "[if":
@@ -154,7 +153,7 @@ def _walk(s: str, start: int, end: int, conditional: bool, rules: LinkRules, pla
                 if gt >= 0:
                     _walk(s, gt + 1, data_end, True, rules, plan, state)
             elif not conditional and plan.marker is None and s[data_start:data_end].strip() == _MARKER:
-                plan.marker = (tok.start, tok.end)
+                plan.marker = (tok_start, tok_end)
 
 
 def _link(s: str, start: int, end: int, rules: LinkRules, plan: HtmlPlan, state: _State) -> None:

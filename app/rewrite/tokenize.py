@@ -47,9 +47,8 @@ _WS = "\t\n\f\r "
 _VALUE = r"""(?:"[^"]*+(?:"|\Z)|'[^']*+(?:'|\Z)|[^\t\n\f\r >"'][^\t\n\f\r >]*+)"""
 _ATTR = rf"""[^\t\n\f\r />][^\t\n\f\r />=]*+(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+{_VALUE}?+)?+"""
 _TAG_REST = rf"""(?:[\t\n\f\r /]++|{_ATTR})*+>"""
-_START_TAG = re.compile(rf"[A-Za-z][^\t\n\f\r />]*+{_TAG_REST}")
+_START_TAG = re.compile(rf"([A-Za-z][^\t\n\f\r />]*+){_TAG_REST}")
 _END_TAG = re.compile(rf"/([A-Za-z][^\t\n\f\r />]*+){_TAG_REST}")
-_TAG_NAME = re.compile(r"[A-Za-z][^\t\n\f\r />]*+")
 _COMMENT_END = re.compile(r"--!?>")
 
 # One attribute, for the few tags whose attributes matter (html.py): groups are the name, and the
@@ -63,13 +62,12 @@ _RAW_END: dict[str, re.Pattern[str]] = {
 }
 
 
-class Token(NamedTuple):
-    kind: int
-    start: int  # offset of `<`
-    end: int  # offset just after the construct's last character
-    name: str  # lowercased tag name (tags), "" otherwise
-    inner_start: int  # tags: just after the name; comments: start of the comment text
-    inner_end: int  # tags: offset of the final `>`; comments: end of the comment text
+# A token is a plain tuple (a NamedTuple's constructor costs a third of the scan):
+# (kind, start, end, name, inner_start, inner_end) where start is the offset of `<`, end is just
+# after the construct, name is the lowercased tag name ("" for others), and inner_start/inner_end
+# are, for tags, just after the name and the offset of the final `>`; for comments, the bounds
+# of the comment's text.
+Token = tuple[int, int, int, str, int, int]
 
 
 class Attribute(NamedTuple):
@@ -79,9 +77,18 @@ class Attribute(NamedTuple):
     quote: str  # '"', "'", "" (unquoted), or "none" when the attribute has no value
 
 
+_LOWERED: dict[str, str] = {}
+
+
 def _lower(name: str) -> str:
-    # The standard lowercases ASCII letters only; str.lower would fold e.g. KELVIN SIGN into "k".
-    return name.lower() if name.isascii() else "".join(c.lower() if c.isascii() else c for c in name)
+    """A tag or attribute name as the standard lowercases it (ASCII letters only: str.lower
+    would fold e.g. KELVIN SIGN into "k"); the few names an email uses are cached."""
+    lowered = _LOWERED.get(name)
+    if lowered is None:
+        lowered = name.lower() if name.isascii() else "".join(c.lower() if c.isascii() else c for c in name)
+        if len(_LOWERED) < 4096:
+            _LOWERED[name] = lowered
+    return lowered
 
 
 def tokens(s: str, start: int = 0, end: int | None = None) -> Iterator[Token]:
@@ -98,10 +105,9 @@ def tokens(s: str, start: int = 0, end: int | None = None) -> Iterator[Token]:
             m = _START_TAG.match(s, lt + 1, stop)
             if m is None:
                 return  # EOF in tag: the standard drops the tag, and nothing follows it
-            name_end = _TAG_NAME.match(s, lt + 1, stop).end()  # type: ignore[union-attr]  # matched above
-            name = _lower(s[lt + 1 : name_end])
-            yield Token(START, lt, m.end(), name, name_end, m.end() - 1)
             pos = m.end()
+            name = _lower(m.group(1))
+            yield (START, lt, pos, name, m.end(1), pos - 1)
             if name in RAW_TEXT:
                 close = _RAW_END[name].search(s, pos, stop)
                 if close is None:
@@ -114,7 +120,7 @@ def tokens(s: str, start: int = 0, end: int | None = None) -> Iterator[Token]:
                 return  # `</` at EOF is text
             m = _END_TAG.match(s, lt + 1, stop)
             if m is not None:
-                yield Token(END, lt, m.end(), _lower(m.group(1)), m.end(1), m.end() - 1)
+                yield (END, lt, m.end(), _lower(m.group(1)), m.end(1), m.end() - 1)
                 pos = m.end()
             elif s[lt + 2] == ">":
                 pos = lt + 3  # `</>` is dropped
@@ -139,23 +145,23 @@ def _bogus(s: str, lt: int, data: int, stop: int) -> Generator[Token, None, int]
     """DOCTYPE, CDATA and bogus comments: all end at the first `>` (or the end of the region)."""
     gt = s.find(">", data, stop)
     end = stop if gt < 0 else gt + 1
-    yield Token(OTHER, lt, end, "", data, end if gt < 0 else gt)
+    yield (OTHER, lt, end, "", data, end if gt < 0 else gt)
     return end
 
 
 def _comment(s: str, lt: int, stop: int) -> Generator[Token, None, int]:
     data = lt + 4
     if s.startswith(">", data, stop):  # `<!-->`
-        yield Token(COMMENT, lt, data + 1, "", data, data)
+        yield (COMMENT, lt, data + 1, "", data, data)
         return data + 1
     if s.startswith("->", data, stop):  # `<!--->`
-        yield Token(COMMENT, lt, data + 2, "", data, data)
+        yield (COMMENT, lt, data + 2, "", data, data)
         return data + 2
     m = _COMMENT_END.search(s, data, stop)
     if m is None:
-        yield Token(COMMENT, lt, stop, "", data, stop)
+        yield (COMMENT, lt, stop, "", data, stop)
         return stop
-    yield Token(COMMENT, lt, m.end(), "", data, m.start())
+    yield (COMMENT, lt, m.end(), "", data, m.start())
     return m.end()
 
 
