@@ -5,8 +5,8 @@ honeypot gives the input back byte for byte. Pixel "marker" is left out on purpo
 the marker comment, so that mode's output differs by exactly the marker (test_rewrite_engine.py).
 
 Linear time: crafted inputs of 1 MB and 2 MB, compiled in-process; the 2 MB one must take at
-most about 2.5 times as long (best of two runs each, plus a little absolute slack for timer
-noise on tiny times).
+most about 2.5 times as long (best of two runs each, interleaved, one retry, plus a little
+absolute slack for timer noise on tiny times).
 """
 
 from __future__ import annotations
@@ -168,8 +168,12 @@ def test_time_is_linear_on_crafted_input(case: str) -> None:
             assert compiled.error is None, compiled.error
 
         runs.append(run)
-    # Interleaved, best of two: the two cores are shared, so a slow moment hits both sizes.
-    times = [min(t) for t in zip(*[[_timed(run) for run in runs] for _ in range(2)], strict=True)]
+    # Interleaved, best of two, and measured again once if the ratio is off: the two cores are
+    # shared with other work, and a quadratic case fails both attempts by far.
+    for _attempt in range(2):
+        times = [min(t) for t in zip(*[[_timed(run) for run in runs] for _ in range(2)], strict=True)]
+        if times[1] <= 2.5 * times[0] + 0.02:
+            break
     assert times[1] <= 2.5 * times[0] + 0.02, times
     assert times[1] < 3.0, times
 
