@@ -554,3 +554,24 @@ def test_whole_newsletter_template() -> None:
     assert out.html.endswith('padding:0;"></BODY>\n</html>\n')
     assert '<link href="https://fonts.example/css?family=Roboto:400,700"' in out.html
     assert 'src="https://shop.example/button-bg.png"' in out.html and "in-script" in out.html
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+
+def test_cve_2025_6069_input_is_fast() -> None:
+    import time
+
+    doc = '<a href="https://x/">l</a>' + "a<" * 200_000  # 400 KB: 96 s in html.parser on 3.11.7
+    start = time.perf_counter()
+    out = check(doc, **NO_PIXEL)
+    assert time.perf_counter() - start < 1.0
+    assert html_urls(out) == ["https://x/"]
+
+
+def test_caps_on_links_and_values() -> None:
+    doc = '<a href="https://x/">x</a>' * 10_001 + '<a href="https://x/' + "a" * 70_000 + '">'
+    out = rewrite(doc, **NO_PIXEL)
+    assert out.error is None and len(out.links) == 10_000
+    assert [r for _, r in reasons(out)] == ["too_many_links", "invalid_url:too_long"]
+    assert undo(out) == (doc, None)
