@@ -48,6 +48,7 @@ _VALUE_OPT_OUTS = {"data-trackd": "off", "clicktracking": "off", "data-msys-clic
 _NAME_ATTRIBUTES = ("data-trackd-name", "data-msys-linkname")
 _FOREIGN = frozenset({"svg", "math"})
 _MARKER = "trackd:open"
+_WANTED = LINK_ELEMENTS | _FOREIGN | {"head", "body", "img"}  # the tags _walk looks at
 # No URL trackd signs (2,048 characters, trackd_links.urls) is written in more than this, even
 # with every character an entity and whitespace around it.
 _LONGEST_RAW = 65_536
@@ -121,7 +122,7 @@ def plan_html(s: str, rules: LinkRules) -> HtmlPlan:
 
 
 def _walk(s: str, start: int, end: int, conditional: bool, rules: LinkRules, plan: HtmlPlan, state: _State) -> None:
-    for kind, tok_start, tok_end, name, inner_start, inner_end in tokens(s, start, end):
+    for kind, tok_start, tok_end, name, inner_start, inner_end in tokens(s, start, end, _WANTED):
         if kind == START:
             if name in LINK_ELEMENTS:
                 if not state.foreign:

@@ -41,6 +41,7 @@ OTHER = 3  # DOCTYPE, bogus comments (including `<![if !mso]>` and `<![endif]>`)
 RAW_TEXT = frozenset({"script", "style", "xmp", "iframe", "noembed", "noframes", "noscript", "textarea", "title"})
 
 _WS = "\t\n\f\r "
+_ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 # What follows a tag's name up to its `>`: separators (whitespace and `/`), attribute names, and
 # values. A quote only opens a value right after `=`; an unterminated quote runs to the end of
 # the region (`\Z`), so the final `>` fails and the caller sees "EOF in tag".
@@ -91,23 +92,30 @@ def _lower(name: str) -> str:
     return lowered
 
 
-def tokens(s: str, start: int = 0, end: int | None = None) -> Iterator[Token]:
-    """The tags, comments and declarations of s[start:end], in order (text is what lies between)."""
+def tokens(s: str, start: int = 0, end: int | None = None, wanted: frozenset[str] | None = None) -> Iterator[Token]:
+    """The tags, comments and declarations of s[start:end], in order (text is what lies between).
+
+    With `wanted`, only tags of those names are yielded (comments and declarations always are):
+    most of an email's tags matter to no one, and not yielding them halves the cost of a scan.
+    """
     stop = len(s) if end is None else end
     find = s.find
+    lowered = _LOWERED.get
     pos = start
     while True:
         lt = find("<", pos, stop)
         if lt < 0 or lt + 1 >= stop:
             return
         c = s[lt + 1]
-        if c.isascii() and c.isalpha():
+        if c in _ASCII_LETTERS:
             m = _START_TAG.match(s, lt + 1, stop)
             if m is None:
                 return  # EOF in tag: the standard drops the tag, and nothing follows it
             pos = m.end()
-            name = _lower(m.group(1))
-            yield (START, lt, pos, name, m.end(1), pos - 1)
+            raw = m.group(1)
+            name = lowered(raw) or _lower(raw)
+            if wanted is None or name in wanted:
+                yield (START, lt, pos, name, m.end(1), pos - 1)
             if name in RAW_TEXT:
                 close = _RAW_END[name].search(s, pos, stop)
                 if close is None:
@@ -120,11 +128,14 @@ def tokens(s: str, start: int = 0, end: int | None = None) -> Iterator[Token]:
                 return  # `</` at EOF is text
             m = _END_TAG.match(s, lt + 1, stop)
             if m is not None:
-                yield (END, lt, m.end(), _lower(m.group(1)), m.end(1), m.end() - 1)
+                raw = m.group(1)
+                name = lowered(raw) or _lower(raw)
+                if wanted is None or name in wanted:
+                    yield (END, lt, m.end(), name, m.end(1), m.end() - 1)
                 pos = m.end()
             elif s[lt + 2] == ">":
                 pos = lt + 3  # `</>` is dropped
-            elif s[lt + 2].isascii() and s[lt + 2].isalpha():
+            elif s[lt + 2] in _ASCII_LETTERS:
                 return  # EOF in an end tag
             else:
                 pos = yield from _bogus(s, lt, lt + 2, stop)
