@@ -184,3 +184,11 @@ def test_two_megabytes_render_untouched_outside_links() -> None:
     out = compiled.render(TagSigner(), "c", "r")
     assert out.error is None and len(out.links) == 8000
     assert undo(out) == (doc, None)
+
+
+def test_bench_rewrite_runs() -> None:
+    from loadtests.bench_rewrite import generate_email, run
+
+    assert 45_000 <= len(generate_email()) <= 55_000
+    figures = run(seconds=0.01)
+    assert figures["tracked_links"] == 20 and figures["compile_mb_per_s_50kb"] > 0
