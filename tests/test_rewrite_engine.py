@@ -362,6 +362,15 @@ def test_pixel_appended_without_body_end() -> None:
         assert out.html == doc + pixel(f"{TRK}/o/rcpt.gif")
 
 
+@pytest.mark.parametrize(
+    "tail", ["<!-- unclosed", '<a href="https://x/', "<style>p{}", "<title>t", "<![if", "</a", "<p class=x"]
+)
+def test_pixel_before_an_unclosed_construct_at_the_end(tail: str) -> None:
+    doc = "<p>no body end</p>" + tail
+    out = check(doc)
+    assert out.html == "<p>no body end</p>" + pixel(f"{TRK}/o/rcpt.gif") + tail
+
+
 def test_pixel_marker_and_none() -> None:
     doc = "<body>a<!--trackd:open-->b<!-- trackd:open --></body>"
     out = rewrite(doc, pixel="marker")

@@ -21,7 +21,8 @@ Opt-out markers on the element: `data-trackd="off"`, `data-trackd-notrack`, `cli
 Names: `data-trackd-name` (or `data-msys-linkname`), at most 64 bytes of UTF-8.
 
 Pixel: before the last `</body>` end tag outside comments and raw text (any case); appended when
-there is none; or in place of the first `<!--trackd:open-->` (pixel "marker"; no marker: no
+there is none (before an unclosed comment, tag or raw-text element the document ends in,
+which would swallow it); or in place of the first `<!--trackd:open-->` (pixel "marker"; no marker: no
 pixel); never inside a conditional comment; at most one, and none when the email already has
 trackd's pixel (an `<img>` whose src starts with an own prefix's `/o/` beside its `/c/`). The
 honeypot goes where the bottom pixel would.
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 
 from app.rewrite.attrs import decode_attribute
 from app.rewrite.links import LinkRules
-from app.rewrite.tokenize import COMMENT, END, START, Attribute, attributes, tokens
+from app.rewrite.tokenize import COMMENT, END, START, UNCLOSED, Attribute, attributes, tokens
 from trackd_links.tokens import MAX_LINK_NAME_BYTES
 from trackd_links.urls import browser_preprocess
 
@@ -81,6 +82,7 @@ class _State:
     in_head: bool = False
     last_body_end: int = -1
     foreign: int = 0  # open `<svg>`/`<math>` elements: their `a href` is SVG's, never rewritten
+    unclosed: int = -1  # where a construct left open at the end of the document starts
 
 
 def _opted_out(s: str, attrs: dict[str, Attribute]) -> bool:
@@ -117,7 +119,10 @@ def plan_html(s: str, rules: LinkRules) -> HtmlPlan:
     plan = HtmlPlan()
     state = _State()
     _walk(s, 0, len(s), False, rules, plan, state)
-    plan.bottom = state.last_body_end if state.last_body_end >= 0 else len(s)
+    if state.last_body_end >= 0:
+        plan.bottom = state.last_body_end
+    else:  # appended; before an unclosed comment, tag or raw text, where it would be swallowed
+        plan.bottom = state.unclosed if state.unclosed >= 0 else len(s)
     return plan
 
 
@@ -155,6 +160,8 @@ def _walk(s: str, start: int, end: int, conditional: bool, rules: LinkRules, pla
                     _walk(s, gt + 1, data_end, True, rules, plan, state)
             elif not conditional and plan.marker is None and s[data_start:data_end].strip() == _MARKER:
                 plan.marker = (tok_start, tok_end)
+        elif kind == UNCLOSED and not conditional:
+            state.unclosed = tok_start
 
 
 def _link(s: str, start: int, end: int, rules: LinkRules, plan: HtmlPlan, state: _State) -> None:

@@ -37,6 +37,10 @@ START = 0  # a start tag: name is its lowercased name
 END = 1  # an end tag
 COMMENT = 2  # `<!--...-->`: data_start/data_end bound its text
 OTHER = 3  # DOCTYPE, bogus comments (including `<![if !mso]>` and `<![endif]>`), CDATA
+# Last, when the region ends inside a construct (a tag, a quote, a comment, a raw-text element):
+# start is that construct's `<`, whose tokens (if any) came before. Whatever is appended to the
+# region would land inside it.
+UNCLOSED = 4
 
 RAW_TEXT = frozenset({"script", "style", "xmp", "iframe", "noembed", "noframes", "noscript", "textarea", "title"})
 
@@ -110,6 +114,7 @@ def tokens(s: str, start: int = 0, end: int | None = None, wanted: frozenset[str
         if c in _ASCII_LETTERS:
             m = _START_TAG.match(s, lt + 1, stop)
             if m is None:
+                yield (UNCLOSED, lt, stop, "", lt, stop)
                 return  # EOF in tag: the standard drops the tag, and nothing follows it
             pos = m.end()
             raw = m.group(1)
@@ -119,9 +124,11 @@ def tokens(s: str, start: int = 0, end: int | None = None, wanted: frozenset[str
             if name in RAW_TEXT:
                 close = _RAW_END[name].search(s, pos, stop)
                 if close is None:
+                    yield (UNCLOSED, lt, stop, name, pos, stop)
                     return  # raw text to the end of the region
                 pos = close.start()
             elif name == "plaintext":
+                yield (UNCLOSED, lt, stop, name, pos, stop)
                 return
         elif c == "/":
             if lt + 2 >= stop:
@@ -136,6 +143,7 @@ def tokens(s: str, start: int = 0, end: int | None = None, wanted: frozenset[str
             elif s[lt + 2] == ">":
                 pos = lt + 3  # `</>` is dropped
             elif s[lt + 2] in _ASCII_LETTERS:
+                yield (UNCLOSED, lt, stop, "", lt, stop)
                 return  # EOF in an end tag
             else:
                 pos = yield from _bogus(s, lt, lt + 2, stop)
@@ -157,6 +165,8 @@ def _bogus(s: str, lt: int, data: int, stop: int) -> Generator[Token, None, int]
     gt = s.find(">", data, stop)
     end = stop if gt < 0 else gt + 1
     yield (OTHER, lt, end, "", data, end if gt < 0 else gt)
+    if gt < 0:
+        yield (UNCLOSED, lt, stop, "", lt, stop)
     return end
 
 
@@ -171,6 +181,7 @@ def _comment(s: str, lt: int, stop: int) -> Generator[Token, None, int]:
     m = _COMMENT_END.search(s, data, stop)
     if m is None:
         yield (COMMENT, lt, stop, "", data, stop)
+        yield (UNCLOSED, lt, stop, "", lt, stop)
         return stop
     yield (COMMENT, lt, m.end(), "", data, m.start())
     return m.end()
