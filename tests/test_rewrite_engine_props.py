@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.rewrite import RewriteOptions, compile_email
-from app.rewrite.tokenize import UNCLOSED, tokens
+from app.rewrite.tokenize import START, UNCLOSED, attributes, tokens
+from tests import rewrite_reference as reference
 from tests.rewrite_support import TagSigner, rewrite, undo
 
 _VALUES = st.sampled_from(
@@ -195,3 +196,33 @@ def test_bench_rewrite_runs() -> None:
     assert 45_000 <= len(generate_email()) <= 55_000
     figures = run(seconds=0.01)
     assert figures["tracked_links"] == 20 and figures["compile_mb_per_s_50kb"] > 0
+
+
+def _engine_start_tags(doc: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    return [
+        (name, [(a.name, doc[a.value_start : a.value_end]) for a in attributes(doc, inner_start, inner_end)])
+        for kind, _, _, name, inner_start, inner_end in tokens(doc)
+        if kind == START
+    ]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(doc=documents())
+def test_tokenizer_agrees_with_a_character_by_character_reading(doc: str) -> None:
+    assert _engine_start_tags(doc) == reference.start_tags(doc)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    ["<a =href=x href = 'y'>", "<a/href=x/>", '<a href="x"href=y title=>', "<a b='>' c=\"'\" href=>", "<A\fHREF\f=\fz>",
+     "<a href=a=b`c<d>", "<p <a href=x>", "<a href='x", "<a href=x", "</a href='>'><a href=y>", "<!--->--><a href=1>",
+     "<!-- --!> <a href=2>", "<![CDATA[<a href=3>]]><a href=4>", "<?php <a href=5> ?><a href=6>"],
+)  # fmt: skip
+def test_tokenizer_agrees_on_hand_picked_cases(doc: str) -> None:
+    assert _engine_start_tags(doc) == reference.start_tags(doc)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(doc=st.text(alphabet="<>aAbp/=\"' \n\t!-?[]", max_size=60))
+def test_tokenizer_agrees_on_random_markup_characters(doc: str) -> None:
+    assert _engine_start_tags(doc) == reference.start_tags(doc)
