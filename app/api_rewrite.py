@@ -162,7 +162,15 @@ def rendered_json(out: Rendered) -> dict[str, Any]:
         "text": out.text,
         "open_url": out.open_url,
         "links": [
-            {"part": k.part, "index": k.index, "name": k.name, "url": k.url, "raw": k.raw, "click_url": k.click_url}
+            {
+                "part": k.part,
+                "index": k.index,
+                "link_index": k.link_index,
+                "name": k.name,
+                "url": k.url,
+                "raw": k.raw,
+                "click_url": k.click_url,
+            }
             for k in out.links
         ],
         "skipped": [{"part": s.part, "raw": s.raw, "reason": s.reason} for s in out.skipped],

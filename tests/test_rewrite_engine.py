@@ -156,7 +156,6 @@ def test_downlevel_revealed(doc: str) -> None:
         '<!----><!-- <a href="https://x/y"> --!><!---><!-- -- <a href="https://x/"> -->',
         '<title><a href="https://x/">t</a></title>',
         '<textarea><a href="https://x/"></textarea>',
-        '<noscript><a href="https://x/">n</a></noscript>',
         '<iframe><a href="https://x/"></iframe><xmp><a href="https://x/"></xmp><noembed><a href="https://x/"></noembed>',
         '<noframes><a href="https://x/"></noframes>',
         '<svg><a xlink:href="https://x/">s</a><a href="https://x/">s</a></svg>',

@@ -1,4 +1,4 @@
-"""Black-box tests of the rewrite engine (app.rewrite) from the spec: issue #15, REWRITE_INTERFACE.md and
+"""Black-box tests of the rewrite engine (app.rewrite) from the spec: issue #15, docs/rewrite.md and
 ../shared/research/email-rewriting.md (sections 5 and 6). Written without reading the engine's code.
 
 The signer is a tiny fake (fixed-width URLs, so that the round trip can be checked), not a mock of the engine.
@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from app.rewrite import CompiledEmail, OptionsError, Rendered, RenderedLink, RewriteOptions, compile_email
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from app.rewrite import CompiledEmail, OptionsError, Rendered, RenderedLink, RewriteOptions, compile_email
 
 # Independent analysis helpers (from the spec, not the engine): a WHATWG attribute-value decoder, the URL
 # standard's input cleaning, and a link finder on the stdlib html.parser (analysis only: it is quadratic on
@@ -784,11 +785,17 @@ def test_indexes_names_and_signer_arguments() -> None:
         assert c["sent_at"] == 1_700_000_000
         assert c["message_id"] == "<m@x>"
         assert c["honeypot"] is False
+    # The token carries an index unique within the email (per-link stats must not merge the
+    # HTML's link 0 with the text's link 0): the response gives it as link_index, beside the
+    # per-part `index` of the contract; text links come after the HTML ones.
     assert {(c["part"], c["link_index"], c["url"], c["link_name"]) for c in signer.calls} == {
-        (link.part, link.index, link.url, link.name) for link in r.links
+        (link.part, link.link_index, link.url, link.name) for link in r.links
     }
+    html_links = sum(1 for link in r.links if link.part == "html")
     for link in r.links:
-        assert link.click_url == click(link.part, link.index, "rcpt7")
+        assert link.link_index == (link.index if link.part == "html" else html_links + link.index)
+    for link in r.links:
+        assert link.click_url == click(link.part, link.link_index, "rcpt7")
 
 
 def test_compile_once_render_per_recipient() -> None:
@@ -848,7 +855,6 @@ def test_pixel_before_last_real_body_end(html: str, before: str) -> None:
         "<body><p>x",
         "<p>x</p><!-- </body> -->",
         "",
-        "<body>x</body",  # EOF inside the end tag: no end tag was emitted
         "<p title='</body>'>x</p>",
         "<script>'</body>'</script>",
     ],
@@ -1432,3 +1438,40 @@ def test_property_round_trip_on_markup_soup(html: str, pixel: str) -> None:
         if link.part == "html":
             assert link.url == target_of(link.raw), link
         assert is_trackable(link.raw) or link.part == "text", link
+
+
+def test_links_inside_noscript_are_links() -> None:
+    # Mail clients run no scripts, and with scripting off a browser parses <noscript> as markup:
+    # the link inside is shown and followed, so it is tracked.
+    r = run('<noscript><a href="https://x.example/n">n</a></noscript><a href="https://x.example/ok">ok</a>')
+    assert urls(r) == ["https://x.example/n", "https://x.example/ok"]
+
+
+@pytest.mark.parametrize(
+    ("html", "tracked"),
+    [
+        # escaped, then `-->` back to script data: the next </script> ends it
+        ('<script><!-- x --></script><a href="https://x.example/a">', ["https://x.example/a"]),
+        # `<!-->` goes straight back to script data
+        ('<script><!--></script><a href="https://x.example/a">', ["https://x.example/a"]),
+        # escaped (no double escape): </script> ends it
+        ('<script><!-- <b></script><a href="https://x.example/a">', ["https://x.example/a"]),
+        # double-escaped, then back to escaped by </script>, then ended by the next one
+        ('<SCRIPT><!--<Script>x</script>y</SCRIPT ><a href="https://x.example/a">', ["https://x.example/a"]),
+        # double-escaped to the end: nothing after it is markup
+        ('<script><!--<script></script><a href="https://x.example/s">', []),
+    ],
+)
+def test_script_data_states(html: str, tracked: list[str]) -> None:
+    assert urls(run(html)) == tracked
+
+
+@pytest.mark.parametrize("html", ["<body>x</body", "<body>x<!-- unclosed", "<body>x<a href='"])
+def test_pixel_goes_before_a_construct_left_open_at_the_end(html: str) -> None:
+    # Appended after an unfinished end tag, comment or attribute, the pixel would become part of
+    # it (a browser would never fetch it): it goes just before that construct instead.
+    r = render_pixel(html)
+    assert r.error is None and r.html is not None
+    assert r.html.count(expected_open()) == 1
+    at = max(html.rfind("</body"), html.rfind("<!--"), html.rfind("<a "))
+    assert_inserted_at(r.html, html, at, expected_open())

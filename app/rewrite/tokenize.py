@@ -19,12 +19,13 @@ DOCTYPE (ends at the first `>`, as the standard's abrupt-identifier rules make i
 comment in HTML content, which is where email markup lives); bogus comments (`<?...>`, `</1>`,
 `<![if !mso]>`, anything else after `<!`).
 
-Raw text (a choice, documented): `script`, `style`, `xmp`, `iframe`, `noembed`, `noframes`,
-`noscript` (raw text) and `textarea`, `title` (RCDATA) end at the first `</name` followed by
-whitespace, `/` or `>` in any case; `plaintext` runs to the end. `noscript` is raw text because
-mail clients do not run scripts (the standard makes it raw text when scripting is enabled, and
-rewriters must not touch what a browser would show as text). Script's escaped states
-(`<!--<script>`) are not modelled: a script ends at its first `</script`; email has no scripts.
+Raw text: `style`, `xmp`, `iframe`, `noembed`, `noframes` (raw text) and `textarea`, `title`
+(RCDATA) end at the first `</name` followed by whitespace, `/` or `>` in any case; `plaintext`
+runs to the end. `script` follows the standard's script data states: after `<!--` it is
+escaped, where `<script` makes it double-escaped and a `</script` there does not end the
+element (`<script><!--<script></script><a href=...></script>` is all script). `noscript` is
+markup, not raw text: the standard makes it raw text only when scripting is enabled, and mail
+clients run no scripts, so they show what is inside it, links included.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ OTHER = 3  # DOCTYPE, bogus comments (including `<![if !mso]>` and `<![endif]>`)
 # region would land inside it.
 UNCLOSED = 4
 
-RAW_TEXT = frozenset({"script", "style", "xmp", "iframe", "noembed", "noframes", "noscript", "textarea", "title"})
+RAW_TEXT = frozenset({"script", "style", "xmp", "iframe", "noembed", "noframes", "textarea", "title"})
 
 _WS = "\t\n\f\r "
 _ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -65,6 +66,32 @@ _ONE_ATTR = re.compile(
 _RAW_END: dict[str, re.Pattern[str]] = {
     name: re.compile(rf"</{name}(?=[\t\n\f\r />])", re.IGNORECASE) for name in RAW_TEXT
 }
+# What changes the script data state (WHATWG 13.2.5.4 ff.): `<!--` (and `<!-->`, `<!--->`, which
+# go straight back), `-->`, `<script` and `</script` followed by whitespace, `/` or `>`.
+_SCRIPT_STATE = re.compile(
+    r"(<!--(?:-*+>)?+)|(-->)|(<script(?=[\t\n\f\r />]))|(</script(?=[\t\n\f\r />]))", re.IGNORECASE
+)
+
+
+def _script_end(s: str, pos: int, stop: int) -> int | None:
+    """Where the `</script` that ends a script element starting at `pos` is, or None. One pass:
+    each match moves forward, so the time is linear in the script's length."""
+    escaped = double = False
+    for m in _SCRIPT_STATE.finditer(s, pos, stop):
+        opened, closed, start, _ = m.groups()
+        if opened is not None:
+            if not escaped and not double:
+                escaped = not opened.endswith(">")
+        elif closed is not None:
+            escaped = double = False
+        elif start is not None:
+            if escaped and not double:
+                double = True
+        elif double:
+            double = False  # `</script` in double-escaped: back to escaped, the element goes on
+        else:
+            return m.start()
+    return None
 
 
 # A token is a plain tuple (a NamedTuple's constructor costs a third of the scan):
@@ -122,11 +149,15 @@ def tokens(s: str, start: int = 0, end: int | None = None, wanted: frozenset[str
             if wanted is None or name in wanted:
                 yield (START, lt, pos, name, m.end(1), pos - 1)
             if name in RAW_TEXT:
-                close = _RAW_END[name].search(s, pos, stop)
-                if close is None:
+                if name == "script":
+                    end = _script_end(s, pos, stop)
+                else:
+                    close = _RAW_END[name].search(s, pos, stop)
+                    end = None if close is None else close.start()
+                if end is None:
                     yield (UNCLOSED, lt, stop, name, pos, stop)
                     return  # raw text to the end of the region
-                pos = close.start()
+                pos = end
             elif name == "plaintext":
                 yield (UNCLOSED, lt, stop, name, pos, stop)
                 return
