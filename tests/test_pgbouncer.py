@@ -69,7 +69,12 @@ async def test_many_pools_share_one_server_connection(bounced_url: str, tmp_path
     # __asyncpg_stmt_1__ already exists") or be missing on the server a query lands on, and a
     # statement_timeout startup parameter is refused by PgBouncer outright.
     settings = bounced_settings(bounced_url, tmp_path)
+    # Server sessions start in another time zone, and another client leaves a session SET on the
+    # one server connection: trackd's connections must still be in UTC.
+    database = bounced_url.rsplit("/", 1)[1]
+    await execute_once(bounced_url, f"ALTER DATABASE \"{database}\" SET TimeZone = 'Asia/Tokyo'")
     pools = [await create_pool(settings, bounced_url) for _ in range(3)]
+    await execute_once(bounced_url, "SET TimeZone = 'America/New_York'")
     try:
 
         async def queries(pool: Pool, n: int) -> list[int]:
@@ -94,6 +99,14 @@ async def test_many_pools_share_one_server_connection(bounced_url: str, tmp_path
     finally:
         for pool in pools:
             await asyncio.wait_for(pool.close(), 10)
+
+
+async def execute_once(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn, statement_cache_size=0)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 def time_of(year: int) -> object:
