@@ -23,7 +23,7 @@ from app.journal import Journal
 from app.metrics import Metrics
 from app.settings import FsyncPolicy, Settings
 from app.writer import Writer
-from tests.support import API_KEY, ROOT, PgBouncer, ServerProcess, wait_for_count
+from tests.support import API_KEY, ROOT, PgBouncer, ServerProcess, pgbouncer, wait_for_count
 from tests.test_writer import chunks_of, raw_events
 
 BOUNCED = {"TRACKD_DB_PGBOUNCER": "true"}
@@ -63,11 +63,21 @@ def test_the_setting_is_off_by_default_and_read_from_the_environment(monkeypatch
     assert Settings().db_pgbouncer is True
 
 
-async def test_many_pools_share_one_server_connection(bounced_url: str, tmp_path: Path) -> None:
-    # Three "pods", each a pool of several connections, all on one server connection: asyncpg's
-    # named prepared statements (its statement cache) would collide there ("prepared statement
+@pytest.mark.parametrize("server_connections", [1, 3])
+async def test_many_pools_share_few_server_connections(server_connections: int, admin_dsn: str,
+                                                       fresh_database_url: str, tmp_path: Path) -> None:  # fmt: skip
+    # Three "pods", each a pool of several connections, on one server connection (or on three,
+    # so that consecutive statements of one client land on different ones): asyncpg's named
+    # prepared statements (its statement cache) would collide there ("prepared statement
     # __asyncpg_stmt_1__ already exists") or be missing on the server a query lands on, and a
-    # statement_timeout startup parameter is refused by PgBouncer outright.
+    # statement_timeout startup parameter is refused by PgBouncer outright. (asyncpg's unnamed
+    # statement is safe: Parse/Describe end in Flush, not Sync, so PgBouncer keeps the server
+    # connection until the Bind/Execute's Sync.)
+    with pgbouncer(admin_dsn, pool_size=server_connections) as own:
+        await _many_pools(own.dsn(fresh_database_url), tmp_path)
+
+
+async def _many_pools(bounced_url: str, tmp_path: Path) -> None:
     settings = bounced_settings(bounced_url, tmp_path)
     # Server sessions start in another time zone, and another client leaves a session SET on the
     # one server connection: trackd's connections must still be in UTC.
@@ -77,20 +87,21 @@ async def test_many_pools_share_one_server_connection(bounced_url: str, tmp_path
     await execute_once(bounced_url, "SET TimeZone = 'America/New_York'")
     try:
 
-        async def queries(pool: Pool, n: int) -> list[int]:
+        async def queries(pool: Pool) -> list[int]:
             out = []
             for i in range(20):
                 # Parameters, so that asyncpg must use the extended protocol; types asyncpg must
                 # know (uuid, inet, timestamptz, arrays).
                 value = await pool.fetchval(
                     "SELECT $1::int + cardinality($2::text[]) + (CASE WHEN $3::uuid IS NULL THEN 0 ELSE 1 END)"
-                    " + (CASE WHEN $4::inet << '10.0.0.0/8' THEN 1 ELSE 0 END) + extract(year FROM $5::timestamptz)::int",
+                    " + (CASE WHEN $4::inet << '10.0.0.0/8' THEN 1 ELSE 0 END)"
+                    " + extract(year FROM $5::timestamptz)::int",
                     i, ["a", "b"], uuid.uuid4(), "10.1.2.3", time_of(2026),
                 )  # fmt: skip
                 out.append(value)
             return out
 
-        results = await asyncio.gather(*(queries(pool, n) for n, pool in enumerate(pools) for _ in range(3)))
+        results = await asyncio.gather(*(queries(pool) for pool in pools for _ in range(3)))
         assert all(r == [i + 2 + 1 + 1 + 2026 for i in range(20)] for r in results)
         # The session settings trackd relies on still hold on whichever server connection runs it.
         for pool in pools:
