@@ -14,7 +14,9 @@ STAMP  := $(VENV)/.installed
 # prometheus): tests/test_observability.py; wrk: the benchmarks and tests/test_loadtests.py;
 # node (package nodejs): tests/test_urls_whatwg.py compares the signing check with Node's WHATWG URL, and
 # tests/test_tokens_node.py, test_tokens_vectors.py and test_links_v2.py run the Node token implementation.
-DEBIAN_TOOLS := chromium:chromium promtool:prometheus wrk:wrk node:nodejs
+# pgbouncer: tests/test_pgbouncer.py runs trackd through a real one in transaction pooling mode (by
+# its full path: Debian puts it in /usr/sbin, which is not on a normal user's PATH).
+DEBIAN_TOOLS := chromium:chromium promtool:prometheus wrk:wrk node:nodejs /usr/sbin/pgbouncer:pgbouncer
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -488,9 +488,7 @@ def _write_batch(args: argparse.Namespace, compiled: CompiledEmail, signer: KeyR
 
 
 def migrate_cmd(args: argparse.Namespace) -> int:
-    import asyncpg
-
-    from app.db import migrate
+    from app.db import connect, migrate
     from app.pgserver import EmbeddedPostgres
 
     settings = load_settings()
@@ -505,7 +503,7 @@ def migrate_cmd(args: argparse.Namespace) -> int:
             embedded = None  # not ours to stop
 
     async def run() -> list[str]:
-        conn = await asyncpg.connect(dsn)
+        conn = await connect(settings, dsn)  # direct, or through PgBouncer (db_pgbouncer)
         try:
             return await migrate(conn)
         finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -30,26 +30,30 @@ def migration_files() -> list[tuple[str, str]]:
 
 
 async def migrate(conn: Connection) -> list[str]:
-    """Apply pending migrations in order, each in its own transaction, under an advisory lock
-    so that several pods or workers starting at once apply each migration exactly once."""
+    """Apply pending migrations in order, each in its own transaction, under a transaction-level
+    advisory lock, so that several pods or workers starting at once apply each exactly once.
+
+    Transaction-level, not session-level: through PgBouncer in transaction pooling mode a session
+    lock is taken on whichever server connection ran that one statement, while the next statement
+    may run on another; and another pod sharing that server connection would "take" it again at
+    once (session locks are re-entrant). A transaction holds its server connection to the end, so
+    pg_advisory_xact_lock holds there as it does on a direct connection (tests/test_pgbouncer.py).
+    """
     applied: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
-    try:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS trackd_migrations"
-            " (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r["name"] for r in await conn.fetch("SELECT name FROM trackd_migrations")}
-        for name, sql in migration_files():
-            if name in done:
+    for name, sql in migration_files():
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            # Inside the lock: whoever held it before us may have just applied this one.
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS trackd_migrations"
+                " (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            if await conn.fetchval("SELECT 1 FROM trackd_migrations WHERE name = $1", name):
                 continue
-            async with conn.transaction():
-                await conn.execute(sql)
-                await conn.execute("INSERT INTO trackd_migrations (name) VALUES ($1)", name)
-            log.info("applied migration %s", name)
-            applied.append(name)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO trackd_migrations (name) VALUES ($1)", name)
+        log.info("applied migration %s", name)
+        applied.append(name)
     return applied
 
 
@@ -57,21 +61,59 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     await conn.execute("SET TIME ZONE 'UTC'")
 
 
+async def _no_reset(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Through PgBouncer (transaction pooling) a connection has no session state of its own to
+    reset: asyncpg's default reset (pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL)
+    would run on whichever server connection is free, undoing the settings PgBouncer keeps for
+    another client there (its TimeZone, application_name) and releasing its session locks."""
+
+
+def connect_kwargs(settings: Settings) -> dict[str, Any]:
+    """What asyncpg needs to talk to PostgreSQL directly or through PgBouncer (db_pgbouncer)."""
+    if not settings.db_pgbouncer:
+        return {
+            "server_settings": {
+                "application_name": "trackd",
+                "statement_timeout": str(settings.db_statement_timeout_ms),
+            },
+        }
+    return {
+        # No named prepared statements: they live in one server connection, and in transaction
+        # pooling the next query may run on another (or on one where another client already
+        # prepared __asyncpg_stmt_1__). asyncpg then uses the unnamed statement, which PgBouncer
+        # keeps on one server connection from Parse to Sync. PgBouncer 1.18 (bookworm) has no
+        # prepared statement support at all (max_prepared_statements came in 1.21).
+        "statement_cache_size": 0,
+        # PgBouncer refuses startup parameters it does not track itself ("unsupported startup
+        # parameter: statement_timeout"), and ignore_startup_parameters would silently drop it.
+        # It does track application_name and TimeZone, and sets them on whichever server
+        # connection runs our transaction; the statement timeout is set per transaction where it
+        # matters (the writer) and on the role (docs/scaling.md).
+        "server_settings": {"application_name": "trackd", "TimeZone": "UTC"},
+    }
+
+
+async def connect(settings: Settings, dsn: str) -> asyncpg.Connection[asyncpg.Record]:
+    """One connection of its own (`trackd migrate`), direct or through PgBouncer."""
+    return await asyncpg.connect(dsn, **connect_kwargs(settings))
+
+
 async def create_pool(settings: Settings, dsn: str) -> Pool:
+    bounced = settings.db_pgbouncer
     return await asyncpg.create_pool(
         dsn,
         # No floor: with the database down, a floor makes asyncpg log a traceback every second.
         min_size=0,
         max_size=settings.db_pool_max,
-        init=_init_connection,
+        # Through PgBouncer a session SET lands on one server connection and leaks to whichever
+        # client gets it next: the time zone is a startup parameter PgBouncer tracks instead.
+        init=None if bounced else _init_connection,
+        reset=_no_reset if bounced else None,
         # The server's statement_timeout cancels a slow statement cleanly; the client-side timeout
         # is the backstop for a server or network that no longer answers at all.
         command_timeout=settings.db_statement_timeout_ms / 1000 + 2,
-        server_settings={
-            "application_name": "trackd",
-            "statement_timeout": str(settings.db_statement_timeout_ms),
-        },
         # A connection that survived a server restart is found dead at its next use; close idle
         # ones early so that a restart costs at most one failed batch (asyncpg #447, #624, #704).
         max_inactive_connection_lifetime=30,
+        **connect_kwargs(settings),
     )

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     orphan_scan_interval_s: float = Field(default=5.0, gt=0)
     db_pool_max: int = Field(default=4, ge=1)
     db_statement_timeout_ms: int = Field(default=10_000, ge=100)
+    # DATABASE_URL points at PgBouncer in transaction pooling mode (docs/scaling.md, "Through
+    # PgBouncer"): no named prepared statements, no session state, only startup parameters
+    # PgBouncer accepts. Set the role's statement_timeout in PostgreSQL then (ALTER ROLE).
+    db_pgbouncer: bool = False
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
     # After SIGTERM: keep serving (with /readyz 503) this long before closing the listener, so
     # load balancers stop sending first. Kubernetes' preStop sleep does the same job there.

@@ -39,6 +39,14 @@ WriterState = Literal["starting", "running", "retrying", "draining", "stopped"]
 Dead = list[tuple[bytes | None, str, object]]
 
 _STAGE_DDL = "CREATE TEMP TABLE IF NOT EXISTS trackd_stage (LIKE events) ON COMMIT DELETE ROWS"
+# Through PgBouncer (transaction pooling) a temporary table lives on whichever server connection
+# ran the transaction, for as long as PgBouncer keeps that connection (server_lifetime, an hour):
+# after a migration changes `events` it would keep the old columns, and it shows up in other
+# clients' sessions. So there the stage lives and dies with the one transaction that uses it (a
+# copy of a stale one, e.g. left by a pod without TRACKD_DB_PGBOUNCER, is dropped first).
+_STAGE_DDL_PER_TRANSACTION = (
+    "DROP TABLE IF EXISTS pg_temp.trackd_stage; CREATE TEMP TABLE trackd_stage (LIKE events) ON COMMIT DROP"
+)
 # Asks the per-second trigger (migration 003) to count this transaction's rows. Per transaction,
 # not per session, so that it holds through a transaction-pooling proxy such as PgBouncer.
 _COUNT_PER_SECOND = "SET LOCAL trackd.per_second = 'trigger'"
@@ -92,6 +100,10 @@ class Writer:
         self.pool = pool
         self.metrics = metrics
         self.rows = RowEncoder(settings)
+        self._stage_ddl = _STAGE_DDL_PER_TRANSACTION if settings.db_pgbouncer else _STAGE_DDL
+        # Per transaction as well as per connection: through PgBouncer the connection's own
+        # statement_timeout cannot be set (app/db.py), and a batch must not hang on a lock forever.
+        self._begin = f"{_COUNT_PER_SECOND}; SET LOCAL statement_timeout = {settings.db_statement_timeout_ms}"
         self.batch_max_rows = settings.batch_max_rows
         self.flush_interval = settings.flush_interval_ms / 1000
         self.orphan_scan_interval = settings.orphan_scan_interval_s
@@ -315,13 +327,13 @@ class Writer:
         if direct:
             try:
                 async with conn.transaction():
-                    await conn.execute(_COUNT_PER_SECOND)
+                    await conn.execute(self._begin)
                     status = await _copy_in(conn, "events", data)
                 return int(status.rsplit(" ", 1)[1])
             except asyncpg.UniqueViolationError:
                 pass  # some rows are in already (their commit went through before a failure)
         async with conn.transaction():
-            await conn.execute(f"{_COUNT_PER_SECOND}; {_STAGE_DDL}")
+            await conn.execute(f"{self._begin}; {self._stage_ddl}")
             await _copy_in(conn, "trackd_stage", data)
             status = await conn.execute(_MOVE)
         return int(status.rsplit(" ", 1)[1])

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.pgserver import EmbeddedPostgres
-from tests.support import API_KEY, ServerProcess, embedded_postgres
+from tests.support import API_KEY, PgBouncer, ServerProcess, embedded_postgres, pgbouncer
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +91,12 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session")
+def bouncer(admin_dsn: str) -> Iterator[PgBouncer]:
+    """A real pgbouncer (Debian package `pgbouncer`) in transaction pooling mode with one server
+    connection per database, so that every client of a database shares it, as many pods do in
+    production. Never skipped: a missing pgbouncer fails the tests, naming the package."""
+    with pgbouncer(admin_dsn, pool_size=1) as b:
+        yield b

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -185,3 +186,120 @@ def v1_payload(ring: KeyRing, kind: int, campaign: str, recipient: str, url: str
     if kind == KIND_CLICK:
         return ring._head(kind, sent_at) + link_index.to_bytes(2, "big") + ids + (url or "").encode("ascii")
     return ring._head(kind, sent_at) + ids
+
+
+# -- PgBouncer ---------------------------------------------------------------------------------
+
+PGBOUNCER_PACKAGE = "pgbouncer"
+
+
+def pgbouncer_binary() -> str:
+    """The `pgbouncer` binary, or a failure naming the Debian package (`make test` installs it):
+    the tests through PgBouncer are never skipped, under CI or not."""
+    path = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
+    if path is None:
+        raise RuntimeError(
+            f"pgbouncer is missing: install the Debian package `{PGBOUNCER_PACKAGE}`"
+            f" (apt-get install {PGBOUNCER_PACKAGE}; `make test` does it when root)"
+        )
+    return path
+
+
+def with_host_port(dsn: str, host: str, port: int) -> str:
+    """`dsn` pointed at another host and port (same user, database and query)."""
+    scheme, _, rest = dsn.partition("://")
+    userinfo, _, location = rest.rpartition("@")
+    _hostport, slash, tail = location.partition("/")
+    return f"{scheme}://{userinfo}@{host}:{port}{slash}{tail}"
+
+
+class PgBouncer:
+    """A real pgbouncer in transaction pooling mode in front of one PostgreSQL, as production runs
+    it (k8s/examples/pgbouncer.yaml): every client transaction may run on any server connection,
+    and `pool_size` server connections per database are all the clients share."""
+
+    def __init__(self, upstream_dsn: str, *, pool_size: int = 1) -> None:
+        self.upstream_dsn = upstream_dsn
+        self.pool_size = pool_size
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="trackd-test-pgbouncer-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def dsn(self, database_url: str) -> str:
+        """The DSN of `database_url`'s database through this pgbouncer."""
+        return with_host_port(database_url, "127.0.0.1", self.port)
+
+    def _config(self) -> str:
+        upstream = urlsplit(self.upstream_dsn)
+        return "\n".join([
+            "[databases]",
+            # Any database name, on demand: the tests make a fresh database per test.
+            f"* = host={upstream.hostname} port={upstream.port}",
+            "[pgbouncer]",
+            "listen_addr = 127.0.0.1",
+            f"listen_port = {self.port}",
+            "unix_socket_dir =",
+            # The embedded PostgreSQL trusts loopback; pgbouncer's trust still wants the user
+            # named in the auth file.
+            "auth_type = trust",
+            f"auth_file = {self.dir / 'userlist.txt'}",
+            "pool_mode = transaction",
+            f"default_pool_size = {self.pool_size}",
+            "min_pool_size = 0",
+            "reserve_pool_size = 0",
+            "max_client_conn = 500",
+            # What trackd needs is nothing here: it sends only startup parameters PgBouncer
+            # tracks itself (app/db.py). Left empty on purpose so that a regression fails.
+            "ignore_startup_parameters =",
+            f"logfile = {self.dir / 'pgbouncer.log'}",
+            f"pidfile = {self.dir / 'pgbouncer.pid'}",
+            "admin_users = postgres",
+            "",
+        ])  # fmt: skip
+
+    def start(self, timeout: float = 15) -> PgBouncer:
+        binary = pgbouncer_binary()
+        (self.dir / "pgbouncer.ini").write_text(self._config())
+        user = urlsplit(self.upstream_dsn).username or "postgres"
+        (self.dir / "userlist.txt").write_text(f'"{user}" ""\n')
+        args = [binary, str(self.dir / "pgbouncer.ini")]
+        if os.geteuid() == 0:
+            # pgbouncer refuses to run as root; the embedded PostgreSQL's user will do.
+            from app.pgserver import _SYSTEM_USER
+
+            self.dir.chmod(0o777)
+            for path in self.dir.iterdir():
+                path.chmod(0o644)
+            args[1:1] = ["-u", _SYSTEM_USER]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=(self.dir / "stderr.log").open("wb"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pgbouncer exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return self
+            time.sleep(0.05)
+        raise TimeoutError(f"pgbouncer not listening after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in (self.dir / "stderr.log", self.dir / "pgbouncer.log")
+                         if p.exists())  # fmt: skip
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pgbouncer(upstream_dsn: str, *, pool_size: int = 1) -> Iterator[PgBouncer]:
+    bouncer = PgBouncer(upstream_dsn, pool_size=pool_size).start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()

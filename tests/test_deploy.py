@@ -779,3 +779,36 @@ def test_make_test_typechecks_and_runs_the_other_pythons() -> None:
     for venv in (".venv-3.12", ".venv-3.13"):
         assert any(f"{venv}/bin/python -m pytest" in lines[i] for i in units), plan
     assert mypy < min(units) < suite, plan
+
+
+# --- examples (not in the overlays) ------------------------------------------------------------
+
+EXAMPLES = sorted((K8S / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_validate_strictly_and_are_not_rendered(path: Path, version: str) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+    for overlay in OVERLAYS:  # examples are applied by hand, never by the overlays
+        names = {(d["kind"], d["metadata"]["name"]) for d in render(overlay)}
+        assert not names & {(d["kind"], d["metadata"]["name"]) for d in docs}
+
+
+def test_pgbouncer_example_pools_transactions_as_the_tests_do() -> None:
+    docs = list(yaml.safe_load_all((K8S / "examples" / "pgbouncer.yaml").read_text()))
+    ini = one(tuple(d for d in docs if d), "ConfigMap")["data"]["pgbouncer.ini"]
+    settings = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (line.partition("=") for line in ini.splitlines() if "=" in line and line[0] not in ";#")
+    )
+    assert settings["pool_mode"] == "transaction"  # what tests/test_pgbouncer.py runs
+    assert settings["ignore_startup_parameters"] == ""  # statement_timeout must never be dropped silently
+    assert settings["listen_port"] == "5432"  # trackd's NetworkPolicy lets out 5432 only
+    max_replicas = max(m for _, _, _, m in autoscalers(render("prod")))
+    assert int(settings["max_client_conn"]) >= max_replicas * int(config(render("prod"))["TRACKD_DB_POOL_MAX"])
+    service = one(tuple(d for d in docs if d), "Service")
+    assert [p["port"] for p in service["spec"]["ports"]] == [5432]
