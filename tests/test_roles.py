@@ -251,6 +251,26 @@ async def test_the_service_role_cannot_drop_the_partitions_it_made(svc: asyncpg.
             await svc.execute(sql)
 
 
+async def test_the_partition_function_is_safe_to_run_with_the_owners_rights(svc: asyncpg.Connection) -> None:
+    """SECURITY DEFINER with a fixed search_path: the caller's temporary tables cannot stand in
+    for `events` or for a partition, and the function cannot be replaced by the service."""
+    config = await svc.fetchrow(
+        "SELECT prosecdef, proconfig FROM pg_proc WHERE oid = 'trackd_ensure_partitions(date[])'::regprocedure"
+    )
+    assert config["prosecdef"] is True and config["proconfig"] == ["search_path=public, pg_temp"]
+    await svc.execute("CREATE TEMP TABLE events_20300105 (x int)")
+    await svc.execute("CREATE TEMP TABLE events (LIKE public.events)")
+    await svc.execute("SET search_path = pg_temp, public")
+    await svc.execute("SELECT trackd_ensure_partitions(ARRAY['2030-01-05']::date[])")
+    partition = await svc.fetchrow(
+        "SELECT c.relispartition, pg_get_userbyid(c.relowner) AS owner, i.inhparent::regclass::text AS parent"
+        " FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid WHERE c.oid = 'public.events_20300105'::regclass"
+    )
+    assert tuple(partition) == (True, "trackd_owner", "public.events")
+    with pytest.raises(asyncpg.NullValueNotAllowedError):  # a NULL day is refused, not skipped
+        await svc.execute("SELECT trackd_ensure_partitions(ARRAY[NULL]::date[])")
+
+
 async def test_the_service_role_cannot_migrate(cluster: EmbeddedPostgres, owned: str) -> None:
     admin = dsn(cluster, "postgres", "postgres")
     await run_as(admin, "CREATE DATABASE trackd_unmigrated OWNER trackd_owner")
@@ -310,38 +330,47 @@ def test_serve_as_the_service_role_waits_for_the_owner_then_records_a_click(tmp_
     asyncio.run(run_as(admin, "CREATE DATABASE trackd_e2e OWNER trackd_owner"))
     svc_url = dsn(cluster, "svc", "trackd_e2e")
 
-    # Migrations pending, and serve (by default) tries them: one clear line, unready, no exit.
-    with ServerProcess(tmp_path / "a", svc_url).start(wait_ready=False) as server:
+    def wait_for_line(server: ServerProcess, line: str) -> None:
         deadline = time.monotonic() + 20
-        while "may not apply migrations" not in server.log() and time.monotonic() < deadline:
+        while line not in server.log() and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert "TRACKD_MIGRATE=false" in server.log(), server.log()
-        assert httpx.get(f"{server.base_url}/readyz", timeout=5).status_code == 503
-        assert server.log().count("may not apply migrations") == 1
+        assert line in server.log(), server.log()
 
-    # TRACKD_MIGRATE=false: serve waits for the owner's `trackd migrate`, then goes ready by itself.
-    with ServerProcess(tmp_path / "b", svc_url, env={"TRACKD_MIGRATE": "false"}).start(wait_ready=False) as server:
-        deadline = time.monotonic() + 20
-        while "waiting for `trackd migrate`" not in server.log() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert "waiting for `trackd migrate`" in server.log(), server.log()
+    # Migrations pending, and serve (by default) tries them: one clear line, unready, no exit.
+    # With TRACKD_MIGRATE=false it does not try: it waits for the owner's `trackd migrate`.
+    with (
+        ServerProcess(tmp_path / "a", svc_url).start(wait_ready=False) as tries,
+        ServerProcess(tmp_path / "b", svc_url, env={"TRACKD_MIGRATE": "false"}).start(wait_ready=False) as waits,
+    ):
+        wait_for_line(tries, "may not apply migrations")
+        assert "set TRACKD_MIGRATE=false" in tries.log()
+        wait_for_line(waits, "waiting for `trackd migrate`")
+        for server in (tries, waits):
+            assert httpx.get(f"{server.base_url}/readyz", timeout=5).status_code == 503
+        time.sleep(1)
+        assert tries.log().count("may not apply migrations") == 1, "said once, not at every retry"
+
+        # The owner migrates: both go ready by themselves (neither migrates a current schema).
         assert asyncio.run(migrate_as(dsn(cluster, "trackd_owner", "trackd_e2e")))
-        server.wait_ready(timeout=20)
+        tries.wait_ready(timeout=20)
+        waits.wait_ready(timeout=20)
 
         token = KeyRing.from_specs(SIGNING_KEYS.split(",")).sign_click("roles-e2e", "r1", 0, "https://example.com/x")
-        answer = httpx.get(f"{server.base_url}/c/{token}", timeout=5)
-        assert answer.status_code == 302 and answer.headers["location"] == "https://example.com/x"
+        for server in (tries, waits):
+            answer = httpx.get(f"{server.base_url}/c/{token}", timeout=5)
+            assert answer.status_code == 302 and answer.headers["location"] == "https://example.com/x"
 
         async def recorded() -> None:
             conn = await asyncpg.connect(dsn(cluster, "trackd_owner", "trackd_e2e"))
             try:
-                await wait_for_count(conn, "SELECT count(*) FROM events WHERE campaign_id = 'roles-e2e'", expected=1)
+                await wait_for_count(conn, "SELECT count(*) FROM events WHERE campaign_id = 'roles-e2e'", expected=2)
             finally:
                 await conn.close()
 
         asyncio.run(recorded())
         # The API reads as the service role too.
-        stats = httpx.get(f"{server.base_url}/v1/campaigns/roles-e2e/stats", timeout=5,
+        stats = httpx.get(f"{waits.base_url}/v1/campaigns/roles-e2e/stats", timeout=5,
                           headers={"Authorization": f"Bearer {API_KEY}"})  # fmt: skip
-        assert stats.status_code == 200 and stats.json()["clicks"] == 1
-        assert "Traceback" not in server.log()
+        assert stats.status_code == 200 and stats.json()["clicks"] == 2
+        for server in (tries, waits):
+            assert "Traceback" not in server.log()
