@@ -29,9 +29,29 @@ def migration_files() -> list[tuple[str, str]]:
     return [(name.removesuffix(".sql"), (folder / name).read_text("utf-8")) for name in names]
 
 
+async def pending_migrations(conn: Connection) -> list[str]:
+    """The migrations this version has that the database has not applied yet. Needs only SELECT
+    on trackd_migrations, so the service role (docs/database-roles.md) can ask."""
+    names = [name for name, _ in migration_files()]
+    if await conn.fetchval("SELECT to_regclass('trackd_migrations')") is None:
+        return names
+    done = {r["name"] for r in await conn.fetch("SELECT name FROM trackd_migrations")}
+    return [name for name in names if name not in done]
+
+
+def _log_trackd_notice(conn: Connection, message: asyncpg.PostgresLogMessage, /) -> None:
+    # Only trackd's own notices (migration 005: a group role that could not be created), not
+    # PostgreSQL's chatter ("relation already exists, skipping").
+    text = str(getattr(message, "message", message))
+    if text.startswith("trackd: "):
+        log.warning("%s", text.removeprefix("trackd: "))
+
+
 async def migrate(conn: Connection) -> list[str]:
     """Apply pending migrations in order, each in its own transaction, under a transaction-level
-    advisory lock, so that several pods or workers starting at once apply each exactly once.
+    advisory lock, so that several pods or workers starting at once apply each exactly once. Then
+    (re)apply the database roles' grants (migration 005), so that a role a DBA created since the
+    last run gets them.
 
     Transaction-level, not session-level: through PgBouncer in transaction pooling mode a session
     lock is taken on whichever server connection ran that one statement, while the next statement
@@ -40,20 +60,28 @@ async def migrate(conn: Connection) -> list[str]:
     pg_advisory_xact_lock holds there as it does on a direct connection (tests/test_pgbouncer.py).
     """
     applied: list[str] = []
-    for name, sql in migration_files():
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            # Inside the lock: whoever held it before us may have just applied this one.
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS trackd_migrations"
-                " (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            if await conn.fetchval("SELECT 1 FROM trackd_migrations WHERE name = $1", name):
-                continue
-            await conn.execute(sql)
-            await conn.execute("INSERT INTO trackd_migrations (name) VALUES ($1)", name)
-        log.info("applied migration %s", name)
-        applied.append(name)
+    conn.add_log_listener(_log_trackd_notice)
+    try:
+        for name, sql in migration_files():
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                # Inside the lock: whoever held it before us may have just applied this one.
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS trackd_migrations"
+                    " (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                if await conn.fetchval("SELECT 1 FROM trackd_migrations WHERE name = $1", name):
+                    continue
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO trackd_migrations (name) VALUES ($1)", name)
+            log.info("applied migration %s", name)
+            applied.append(name)
+        if not applied and await conn.fetchval("SELECT to_regprocedure('trackd_apply_grants()')") is not None:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute("SELECT trackd_apply_grants()")
+    finally:
+        conn.remove_log_listener(_log_trackd_notice)
     return applied
 
 

@@ -25,7 +25,7 @@ from app import __version__, dashboard, metrics_server
 from app.api import APIError, ASCIIJSONResponse, ops, v1
 from app.api_rewrite import rewrite_router
 from app.copyrows import RowEncoder
-from app.db import create_pool, migrate
+from app.db import create_pool, migrate, pending_migrations
 from app.hotpath import HotPath
 from app.journal import Journal
 from app.limits import BodySizeLimit
@@ -54,15 +54,35 @@ def build_keyring(settings: Settings) -> KeyRing:
 
 
 async def _prepare_schema(svc: Services) -> None:
-    """Migrate, then start the writer. Retries until the database answers: until then the hot
-    path keeps answering and events wait in the journal."""
+    """Migrate if needed (and allowed), then start the writer. Retries until the database answers
+    and the schema is current: until then the hot path keeps answering and events wait in the
+    journal."""
     assert svc.pool is not None and svc.writer is not None
     delay = 0.2
+    said = ""  # the last explanation logged: said once, not at every retry
     while True:
         try:
             async with svc.pool.acquire() as conn:
-                await migrate(conn)
+                pending = await pending_migrations(conn)
+                if pending and svc.settings.migrate:
+                    await migrate(conn)
+                elif pending:
+                    why = (f"waiting for `trackd migrate` (as the owner role) to apply {', '.join(pending)};"
+                           " TRACKD_MIGRATE=false, so this server does not migrate")  # fmt: skip
+                    if why != said:
+                        log.warning("%s", why)
+                        said = why
+                    await asyncio.sleep(_SCHEMA_RETRY_MAX_S)
+                    continue
             break
+        except asyncpg.InsufficientPrivilegeError as exc:
+            # Serving as the service role with migrations pending: one clear line, then wait.
+            why = (f"the database role may not apply migrations ({exc}): run `trackd migrate` as the owner"
+                   " role, and set TRACKD_MIGRATE=false for `trackd serve` (docs/database-roles.md)")  # fmt: skip
+            if why != said:
+                log.error("%s", why)
+                said = why
+            await asyncio.sleep(_SCHEMA_RETRY_MAX_S)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             log.warning("database not ready (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
             await asyncio.sleep(delay)

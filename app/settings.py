@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     journal_fsync: FsyncPolicy = FsyncPolicy.interval
     journal_fsync_interval_ms: int = Field(default=1000, ge=1)
     orphan_scan_interval_s: float = Field(default=5.0, gt=0)
+    # Whether `trackd serve` applies pending migrations at start. Set it to false where serve logs
+    # in as the service role (docs/database-roles.md) and `trackd migrate` runs as the owner: serve
+    # then waits, unready, until the schema is current. Either way serve does not migrate, or take
+    # the migration lock, when nothing is pending.
+    migrate: bool = True
     db_pool_max: int = Field(default=4, ge=1)
     db_statement_timeout_ms: int = Field(default=10_000, ge=100)
     # DATABASE_URL points at PgBouncer in transaction pooling mode (docs/scaling.md, "Through
