@@ -365,7 +365,7 @@ def test_the_write_buffer_limit_alone_stops_reading_from_a_client_that_never_rea
         sock.connect(("127.0.0.1", limits.port))
         sock.settimeout(0.05)
         client_port = sock.getsockname()[1]
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         stopped_at = 0.0
         sends = 0
         next_probe = 0.0
@@ -376,9 +376,11 @@ def test_the_write_buffer_limit_alone_stops_reading_from_a_client_that_never_rea
                 sends += 1
             time.sleep(0.002)  # one request per round
             # Probed by time, not by count: once the server stops reading, the client's buffers
-            # fill and sends stop counting, so a count-based probe could never run again.
+            # fill and sends stop counting, so a count-based probe could never run again. Every
+            # 0.25 s: a probe (a click and a /metrics read) costs tens of ms on a loaded machine,
+            # and probing more often starves the sends that are meant to fill the buffers.
             if time.monotonic() >= next_probe:
-                next_probe = time.monotonic() + 0.05
+                next_probe = time.monotonic() + 0.25
                 started = time.perf_counter()
                 assert other.get(SMALL_CLICK).status_code == 302
                 latencies.append(time.perf_counter() - started)
