@@ -365,7 +365,7 @@ def _recipients(path: Path, default_sent_at: int) -> list[_Recipient]:
                 sent = (row.get("sent_at") or "").strip()
                 if not sent:
                     sent_at = default_sent_at
-                elif sent.isdigit() and int(sent) < 2**32:
+                elif sent.isascii() and sent.isdigit() and int(sent) < 2**32:  # not '²', not Arabic-Indic
                     sent_at = int(sent)
                 else:
                     raise RewriteUsage(f"{where}: sent_at {sent!r} is not unix seconds")
@@ -383,6 +383,12 @@ def _file_stem(recipient_id: str, used: set[str]) -> str:
     stem = recipient_id if _SAFE_NAME.fullmatch(recipient_id) else ""
     if not stem or stem.casefold() in used:
         stem = "id-" + hashlib.sha256(recipient_id.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    # A hashed name can still equal another recipient's plain id (one literally `id-<hash>`):
+    # never two recipients in one file.
+    base, n = stem, 1
+    while stem.casefold() in used:
+        n += 1
+        stem = f"{base}-{n}"
     used.add(stem.casefold())
     return stem
 

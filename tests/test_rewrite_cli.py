@@ -117,6 +117,7 @@ def test_batch_writes_one_file_per_recipient(tmp_path: Path) -> None:
         ("email\nx\n", "no recipient_id column"),
         ("recipient_id\na\na\n", "line 3: recipient_id 'a' is there twice"),
         ("recipient_id,sent_at\na,yesterday\n", "line 2: sent_at 'yesterday' is not unix seconds"),
+        ("recipient_id,sent_at\na,\u00b2\n", "line 2: sent_at '\u00b2' is not unix seconds"),
         ("recipient_id\n" + "é" * 200 + "\n", "line 2: recipient_id"),
         ("recipient_id\n", "no recipients"),
     ],
@@ -186,3 +187,13 @@ def test_a_rewrite_cap_over_the_body_cap_is_refused() -> None:
     assert (
         result.returncode == 78 and err.startswith("TRACKD_REWRITE_MAX_BYTES: ") and "TRACKD_API_MAX_BODY_BYTES" in err
     )
+
+
+def test_a_hashed_file_name_never_lands_on_another_recipients_file() -> None:
+    from app.cli import _file_stem
+
+    used: set[str] = set()
+    hashed = _file_stem("a/b", set())  # what 'a/b' alone would be called
+    first = _file_stem(hashed, used)  # a recipient whose id is literally that name
+    second = _file_stem("a/b", used)
+    assert first == hashed and second != first and second.casefold() not in {first.casefold()}

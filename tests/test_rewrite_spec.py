@@ -1475,3 +1475,48 @@ def test_pixel_goes_before_a_construct_left_open_at_the_end(html: str) -> None:
     assert r.html.count(expected_open()) == 1
     at = max(html.rfind("</body"), html.rfind("<!--"), html.rfind("<a "))
     assert_inserted_at(r.html, html, at, expected_open())
+
+
+@pytest.mark.parametrize(
+    ("html", "tracked", "foreign"),
+    [
+        # a breakout tag leaves SVG: the link after it is an HTML link
+        ('<svg><p><a href="https://x.example/p">p</a>', ["https://x.example/p"], []),
+        # inside an integration point content is HTML again
+        ('<svg><foreignObject><a href="https://x.example/f">f</a></foreignObject></svg>', ["https://x.example/f"], []),
+        ('<math><mi><a href="https://x.example/m">m</a></mi></math>', ["https://x.example/m"], []),
+        # an SVG link is not rewritten, but reported
+        (
+            '<svg><a href="https://x.example/s">s</a></svg><a href="https://x.example/ok">',
+            ["https://x.example/ok"],
+            ["https://x.example/s"],
+        ),
+        # `width=10/` is an unquoted value, not a self-closing svg: still SVG
+        ('<svg width=10/><a href="https://x.example/s">s</a></svg>', [], ["https://x.example/s"]),
+    ],
+)
+def test_foreign_content(html: str, tracked: list[str], foreign: list[str]) -> None:
+    r = run(html)
+    assert urls(r) == tracked
+    assert [s.raw for s in r.skipped if s.reason == "foreign"] == foreign
+
+
+@pytest.mark.parametrize(
+    ("html", "tracked"),
+    [
+        # a <div> cannot stand in a head: the body starts there
+        ('<head><title>t</title><div><a href="https://x.example/a">a</a>', ["https://x.example/a"]),
+        # a <head> inside the body is ignored
+        ('<body><head><a href="https://x.example/b">b</a>', ["https://x.example/b"]),
+        # an <a> written in the head stays untracked (the issue: never `<a>` in `<head>`)
+        ('<head><meta charset="utf-8"><a href="https://x.example/h">h</a>', []),
+        ('<head><a href="https://x.example/h">h</a><div><a href="https://x.example/d">d</a>', ["https://x.example/d"]),
+    ],
+)
+def test_where_the_head_ends(html: str, tracked: list[str]) -> None:
+    assert urls(run(html)) == tracked
+
+
+def test_a_nul_in_an_href_is_what_a_browser_reads() -> None:
+    r = run('<a href="https://x.example/a\x00">a</a>')
+    assert [link.url for link in r.links] == ["https://x.example/a\ufffd"]  # its Location: %EF%BF%BD

@@ -33,6 +33,8 @@ def _numeric(digits: str, base: int) -> str:
 
 def decode_attribute(value: str) -> str:
     """The value of an attribute whose source text is `value` (between its quotes, or unquoted)."""
+    if "\x00" in value:  # the tokenizer reads a NUL in an attribute value as U+FFFD
+        value = value.replace("\x00", "\ufffd")
     if "&" not in value:
         return value
 

@@ -48,8 +48,20 @@ _PRESENCE_OPT_OUTS = frozenset(
 _VALUE_OPT_OUTS = {"data-trackd": "off", "clicktracking": "off", "data-msys-clicktrack": "0"}
 _NAME_ATTRIBUTES = ("data-trackd-name", "data-msys-linkname")
 _FOREIGN = frozenset({"svg", "math"})
+# Inside <svg>/<math>, these make their content HTML again (integration points: WHATWG 13.2.6.5)...
+_INTEGRATION = frozenset({"foreignobject", "desc", "mi", "mo", "mn", "ms", "mtext", "annotation-xml"})
+# ...and a start tag of one of these leaves foreign content altogether (the "breakout" list).
+_BREAKOUT = frozenset(
+    {"b", "big", "blockquote", "body", "br", "center", "code", "dd", "div", "dl", "dt", "em", "embed", "h1", "h2",
+     "h3", "h4", "h5", "h6", "head", "hr", "i", "img", "li", "listing", "menu", "meta", "nobr", "ol", "p", "pre",
+     "ruby", "s", "small", "span", "strong", "strike", "sub", "sup", "table", "tt", "u", "ul", "var"}
+)  # fmt: skip
+# What may stand in a <head>: any other start tag ends it (the body starts implicitly).
+_HEAD_CONTENT = frozenset(
+    {"base", "basefont", "bgsound", "link", "meta", "title", "style", "script", "noscript", "template", "head"}
+)
 _MARKER = "trackd:open"
-_WANTED = LINK_ELEMENTS | _FOREIGN | {"head", "body", "img"}  # the tags _walk looks at
+_WANTED = LINK_ELEMENTS | _FOREIGN | _INTEGRATION | _BREAKOUT | {"head", "body", "img"}  # the tags _walk looks at
 # No URL trackd signs (2,048 characters, trackd_links.urls) is written in more than this, even
 # with every character an entity and whitespace around it.
 _LONGEST_RAW = 65_536
@@ -79,9 +91,11 @@ class HtmlPlan:
 
 @dataclass(slots=True)
 class _State:
-    in_head: bool = False
+    head: tuple[int, int] = (-1, -1)  # the head's span: from `<head>` to where the body starts
+    head_seen: bool = False  # a `<head>` after the first is no head (a browser ignores it)
     last_body_end: int = -1
     foreign: int = 0  # open `<svg>`/`<math>` elements: their `a href` is SVG's, never rewritten
+    integration: int = 0  # open integration points inside them, where content is HTML again
     unclosed: int = -1  # where a construct left open at the end of the document starts
 
 
@@ -129,27 +143,33 @@ def plan_html(s: str, rules: LinkRules) -> HtmlPlan:
 def _walk(s: str, start: int, end: int, conditional: bool, rules: LinkRules, plan: HtmlPlan, state: _State) -> None:
     for kind, tok_start, tok_end, name, inner_start, inner_end in tokens(s, start, end, _WANTED):
         if kind == START:
+            if state.foreign and not state.integration and name in _BREAKOUT:
+                state.foreign = 0  # a browser pops every foreign element here
             if name in LINK_ELEMENTS:
-                if not state.foreign:
+                if state.foreign and not state.integration:
+                    _foreign_link(s, inner_start, inner_end, plan)
+                else:
                     _link(s, inner_start, inner_end, rules, plan, state)
             elif name == "img" and not plan.has_pixel:
                 src = next((a for a in attributes(s, inner_start, inner_end) if a.name == "src"), None)
                 plan.has_pixel = src is not None and rules.own_pixel(browser_preprocess(_value(s, src)))
             elif name in _FOREIGN:
-                state.foreign += s[inner_end - 1] != "/"  # `<svg/>` opens nothing
-            elif not conditional:
-                if name == "head":
-                    state.in_head = True
-                elif name == "body":
-                    state.in_head = False
+                state.foreign += not _self_closing(s, inner_start, inner_end)  # `<svg/>` opens nothing
+            elif name in _INTEGRATION and state.foreign:
+                state.integration += not _self_closing(s, inner_start, inner_end)
+            elif name == "body" and not conditional:
+                state.head_seen = True  # a `<head>` after the body has started is ignored
+            elif name == "head" and not conditional and not state.head_seen:
+                state.head_seen = True
+                state.head = (tok_start, _head_end(s, tok_end, end))
         elif kind == END:
-            if name in _FOREIGN and state.foreign:
+            if name in _INTEGRATION and state.integration:
+                state.integration -= 1
+            elif name in _FOREIGN and state.foreign:
                 state.foreign -= 1
-            elif not conditional:
-                if name == "body":
-                    state.last_body_end = tok_start
-                elif name == "head":
-                    state.in_head = False
+                state.integration = 0
+            elif not conditional and name == "body":
+                state.last_body_end = tok_start
         elif kind == COMMENT:
             data_start, data_end = inner_start, inner_end
             # Not inside another conditional comment: comments do not nest, and a chain of unclosed
@@ -164,6 +184,31 @@ def _walk(s: str, start: int, end: int, conditional: bool, rules: LinkRules, pla
             state.unclosed = tok_start
 
 
+def _self_closing(s: str, start: int, end: int) -> bool:
+    """`<svg ... />`: a `/` right before `>` that is not the end of an unquoted value (`width=10/`)."""
+    return s[end - 1] == "/" and not any(a.value_end == end for a in attributes(s, start, end))
+
+
+def _head_end(s: str, pos: int, stop: int) -> int:
+    """Where the head that starts before `pos` ends: `</head>`, `<body>`, or the first start tag
+    of body content (a `<div>`, a `<table>`: a browser starts the body there), so that a missing
+    `</head>` does not hide the whole email. A link itself does not end it: an `<a>` written in
+    the head is never rewritten (issue #15), whatever a browser would make of it. One scan, once
+    per email."""
+    for kind, tok_start, _, name, _, _ in tokens(s, pos, stop, None):
+        ends = name not in _HEAD_CONTENT and name not in LINK_ELEMENTS
+        if (kind == START and ends) or (kind == END and name == "head"):
+            return tok_start
+    return stop
+
+
+def _foreign_link(s: str, start: int, end: int, plan: HtmlPlan) -> None:
+    """A link of SVG or MathML (`<svg><a href>`): never rewritten, but reported."""
+    href = next((a for a in attributes(s, start, end) if a.name == "href"), None)
+    if href is not None:
+        plan.skipped.append((s[href.value_start : href.value_end], "foreign"))
+
+
 def _link(s: str, start: int, end: int, rules: LinkRules, plan: HtmlPlan, state: _State) -> None:
     attrs = {a.name: a for a in attributes(s, start, end)}
     href = attrs.get("href")
@@ -174,7 +219,7 @@ def _link(s: str, start: int, end: int, rules: LinkRules, plan: HtmlPlan, state:
         plan.skipped.append((raw, "invalid_url:too_long"))  # before decoding a megabyte of entities
         return
     url = browser_preprocess(decode_attribute(raw))
-    if state.in_head:
+    if state.head[0] <= start < state.head[1]:
         plan.skipped.append((raw, "in_head"))
         return
     if _opted_out(s, attrs):

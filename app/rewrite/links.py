@@ -56,8 +56,29 @@ class LinkRules:
 
     _memo: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
 
+    # The skip patterns, prepared once (not per link: a sender could otherwise make every link
+    # cost one comparison per pattern, each lowercasing the pattern again): exact hosts, host
+    # suffixes (`*.host` as `.host`), and URL prefixes (scheme and authority lowercased).
+    _hosts: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    _suffixes: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    _prefixes: tuple[str, ...] = field(default=(), compare=False, repr=False)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "own_prefixes", tuple(p.lower() for p in self.own_prefixes if p))
+        hosts: set[str] = set()
+        suffixes: set[str] = set()
+        prefixes: set[str] = set()
+        for pattern in self.skip:
+            if "://" in pattern:
+                prefixes.add(_origin_lowered(pattern))
+            elif pattern.startswith("*."):
+                hosts.add(pattern[2:].lower())
+                suffixes.add(pattern[1:].lower())
+            else:
+                hosts.add(pattern.lower())
+        object.__setattr__(self, "_hosts", frozenset(hosts))
+        object.__setattr__(self, "_suffixes", tuple(sorted(suffixes)))
+        object.__setattr__(self, "_prefixes", tuple(sorted(prefixes)))
 
     def own_pixel(self, src: str) -> bool:
         """Whether an image is already trackd's open pixel: `<prefix>/o/` beside each own `<prefix>/c/`."""
@@ -65,21 +86,11 @@ class LinkRules:
         return any(p.endswith("/c/") and lowered.startswith(p[:-3] + "/o/") for p in self.own_prefixes)
 
     def _skipped_by_pattern(self, url: str) -> bool:
-        host: str | None = None
-        origin: str | None = None
-        for pattern in self.skip:
-            if "://" in pattern:
-                origin = origin if origin is not None else _origin_lowered(url)
-                if origin.startswith(_origin_lowered(pattern)):
-                    return True
-                continue
-            host = host if host is not None else _host(url)
-            wanted = pattern.lower()
-            if wanted.startswith("*."):
-                if host == wanted[2:] or host.endswith(wanted[1:]):
-                    return True
-            elif host == wanted:
-                return True
+        if self._prefixes and _origin_lowered(url).startswith(self._prefixes):
+            return True
+        if self._hosts or self._suffixes:
+            host = _host(url)
+            return host in self._hosts or (bool(self._suffixes) and host.endswith(self._suffixes))
         return False
 
     def reason(self, url: str) -> str | None:
