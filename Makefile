@@ -1,5 +1,6 @@
 # trackd: `make run` serves on an embedded PostgreSQL; `make test` runs the whole suite;
-# `make bench` / `bench-soak` / `bench-growth` / `bench-writer` / `bench-rewrite` / `loadtest` measure it (docs/benchmarks.md).
+# `make bench` / `bench-soak` / `bench-growth` / `bench-writer` / `bench-fleet` / `bench-rewrite` /
+# `loadtest` measure it (docs/benchmarks.md).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +8,7 @@ PIP    := $(BIN)/pip --disable-pip-version-check --no-input
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-fast test-pythons typecheck lint deps-debian need-wrk constraints sizing clean \
-	bench bench-soak bench-growth bench-writer bench-rewrite bench-profile bench-hostile loadtest
+	bench bench-soak bench-growth bench-writer bench-fleet bench-rewrite bench-profile bench-hostile loadtest
 
 # Debian packages the tests drive, as command:package. Installed with apt-get when we are root;
 # otherwise make stops and names them. chromium: tests/test_dashboard.py; promtool (package
@@ -140,6 +141,11 @@ bench-hostile: $(STAMP) need-wrk
 
 bench-writer: $(STAMP)
 	$(BIN)/python -m loadtests.bench_writer
+
+# Many pods, one primary: BENCH_FLEET (4) trackd processes with their own journals against one
+# PostgreSQL, all under load at once, then one process; docs/bench/fleet.json (docs/scaling.md).
+bench-fleet: $(STAMP) need-wrk
+	$(BIN)/python -m loadtests.bench_fleet
 
 # The rewrite engine in-process (compile MB/s, renders/s), then POST /v1/rewrite through a real
 # server (p99 for a 100 KB email, click p99 with and without rewrites). Both run; either missing

@@ -167,3 +167,29 @@ def test_bench_harness_end_to_end(tmp_path: Path) -> None:
         assert 0 <= s["served"] - s["wrk_responses_ok"] <= 8  # requests in flight when wrk stopped
     assert data["writer"]["events_per_s"] > 0 and data["writer"]["replay_inserted"] == 0
     assert data["connections"] == 8 and data["p99_target_ms"] == 10.0 and data["command"] == "make bench"
+
+
+@pytest.mark.e2e
+def test_bench_fleet_two_processes_on_one_postgres(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("wrk is missing under CI: `make test` installs the Debian package 'wrk'")
+        pytest.skip("wrk (Debian package 'wrk') is not installed; `make test` installs it as root")
+    out = tmp_path / "fleet.json"
+    argv = [sys.executable, "-m", "loadtests.bench_fleet", "--processes", "2", "--duration", "2", "--warmup", "0",
+            "--tokens", "20", "--connections", "2", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["processes"] == 2 and data["fleet"]["processes"] == 2 and data["one"]["processes"] == 1
+    assert data["ratio_2_to_1"]["rps"] > 0
+    for phase in ("fleet", "one"):
+        r = data[phase]
+        assert len(r["rps_per_process"]) == len(r["served_per_process"]) == r["processes"]
+        assert all(v > 0 for v in r["rps_per_process"]) and r["rps"] > 0
+        assert r["rows"] == r["served"] > 0 and r["exact"] is True  # every event served is a row
+        assert 0 <= r["served"] - r["wrk_responses_ok"] <= 2  # requests in flight when wrk stopped
+        assert r["non_2xx_3xx"] == 0 and r["deadlocks"] == 0
+        assert r["catch_up_s"] >= 0 and r["lock_wait_samples"] > 0 and isinstance(r["lock_waits"], dict)
+        assert r["ingest_lag_s_p99"] is not None and len(r["backlog_oldest_age_s_max_per_process"]) == r["processes"]
+        assert r["cpu_s"]["trackd"] > 0 and r["cpu_s"]["postgres"] > 0
