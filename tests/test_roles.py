@@ -277,7 +277,8 @@ async def test_the_service_role_cannot_migrate(cluster: EmbeddedPostgres, owned:
     conn = await asyncpg.connect(dsn(cluster, "svc", "trackd_unmigrated"))
     try:
         assert await pending_migrations(conn) == ["001_events", "002_per_second_and_dead_letters",
-                                                  "003_per_second_trigger", "004_links_v2", "005_roles"]  # fmt: skip
+                                                  "003_per_second_trigger", "004_links_v2", "005_roles",
+                                                  "006_writer_heartbeats"]  # fmt: skip
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await migrate(conn)
     finally:
@@ -287,7 +288,13 @@ async def test_the_service_role_cannot_migrate(cluster: EmbeddedPostgres, owned:
 async def test_the_reader_role_only_reads(cluster: EmbeddedPostgres, owned: str) -> None:
     conn = await asyncpg.connect(dsn(cluster, "analyst", owned))
     try:
-        for table in ("events", "interactions_per_second", "events_dead_letter", "trackd_migrations"):
+        for table in (
+            "events",
+            "interactions_per_second",
+            "events_dead_letter",
+            "trackd_migrations",
+            "writer_heartbeats",
+        ):
             await conn.fetch(f"SELECT * FROM {table} LIMIT 1")
         for sql in ("INSERT INTO events_dead_letter (error, row_repr) VALUES ('x', 'y')", "DELETE FROM events",
                     "SELECT trackd_ensure_partitions(ARRAY['2030-01-03']::date[])", "DROP TABLE events"):  # fmt: skip
