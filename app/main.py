@@ -26,6 +26,7 @@ from app.api import APIError, ASCIIJSONResponse, ops, v1
 from app.api_rewrite import rewrite_router
 from app.copyrows import RowEncoder
 from app.db import create_pool, migrate, pending_migrations
+from app.heartbeat import Heartbeat
 from app.hotpath import HotPath
 from app.journal import Journal
 from app.limits import BodySizeLimit
@@ -90,6 +91,10 @@ async def _prepare_schema(svc: Services) -> None:
     svc.schema_ready = True
     svc.metrics.ready.set(1 if svc.ready else 0)
     svc.writer.start()
+    # Only now: before migration 006 there is no table to beat into. A task of its own, so that
+    # a heartbeat that fails or hangs never touches the writer's loop.
+    assert svc.heartbeat is not None
+    svc.heartbeat_task = asyncio.create_task(svc.heartbeat.run(), name="trackd-heartbeat")
 
 
 async def _every_second(svc: Services) -> None:
@@ -168,6 +173,7 @@ def create_app(settings: Settings | None = None) -> HotPath:
         )
         svc.pool = await create_pool(settings, dsn)
         svc.writer = Writer(settings, journal, svc.pool, metrics)
+        svc.heartbeat = Heartbeat(svc.pool, svc.writer)
         api.state.services = svc
         hot.journal = journal
         schema_task = asyncio.create_task(_prepare_schema(svc), name="trackd-schema")
@@ -188,8 +194,13 @@ def create_app(settings: Settings | None = None) -> HotPath:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if svc.heartbeat_task is not None:
+                svc.heartbeat_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await svc.heartbeat_task
             if svc.schema_ready:
                 await svc.writer.stop(settings.shutdown_timeout_s)
+                await svc.heartbeat.forget()
             await journal.close()
             if svc.writer.pending_rows:
                 log.error("stopped with %d events not yet in PostgreSQL: they stay in %s for the next start",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from app.db import Pool
+from app.heartbeat import Heartbeat
 from app.journal import Journal
 from app.metrics import HotPathMeter, Metrics
 from app.settings import Settings
@@ -21,6 +23,8 @@ class Services:
     journal: Journal
     pool: Pool | None = None
     writer: Writer | None = None
+    heartbeat: Heartbeat | None = None
+    heartbeat_task: asyncio.Task[None] | None = None
     schema_ready: bool = False
     shutting_down: bool = False
     api_keys: tuple[bytes, ...] = field(default_factory=tuple)

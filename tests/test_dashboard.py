@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.loadclient import Load, signed_paths
-from tests.support import API_KEY, ROOT, ServerProcess
+from tests.support import API_KEY, ROOT, ServerProcess, embedded_postgres
 
 pytestmark = pytest.mark.e2e
 
@@ -97,6 +98,60 @@ def test_numbers_and_charts_follow_the_traffic(browser: Browser, server: ServerP
     page.dispatch_event("#campaign", "change")
     expect(page.locator("#clicks-total")).not_to_have_text("12", timeout=15_000)
     page.close()
+
+
+def fleet(server: ServerProcess) -> tuple[float, dict[str, object]]:
+    started = time.monotonic()
+    answer = httpx.get(f"{server.base_url}/v1/fleet", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return time.monotonic() - started, answer.json()
+
+
+def test_one_pods_page_shows_every_pods_backlog_and_says_when_postgresql_is_down(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """Two trackd processes (two pods) on one PostgreSQL of this test's own: the page served by
+    one lists both, from the heartbeats in PostgreSQL. Then PostgreSQL stops: the page says so
+    in words (and /v1/fleet answers at once, no 500), with this pod's backlog still counted; and
+    once PostgreSQL is back, the page is live again and the backlog drains."""
+    with embedded_postgres() as pg:
+        a = ServerProcess(tmp_path / "a", pg.dsn, env={"TRACKD_DB_STATEMENT_TIMEOUT_MS": "2000"}).start()
+        b = ServerProcess(tmp_path / "b", pg.dsn, env={"TRACKD_DB_STATEMENT_TIMEOUT_MS": "2000"}).start()
+        try:
+            page = logged_in(browser, a)
+            pods = page.locator("#pods tbody tr.reporting")
+            expect(pods).to_have_count(2, timeout=20_000)
+            expect(page.locator("#pods")).to_have_attribute("data-reporting", "2")
+            instances = [pods.nth(i).get_attribute("data-instance") for i in range(2)]
+            assert {int(str(i).rsplit(":", 1)[1]) for i in instances} == {a.proc.pid, b.proc.pid}
+            for i in range(2):
+                assert pods.nth(i).get_attribute("data-backlog") == "0"
+            expect(page.locator("#db-down")).to_be_hidden()
+            _, answer = fleet(a)
+            assert answer["database"] == "ok" and len(answer["pods"]) == 2
+
+            pg.stop("immediate")
+            expect(page.locator("#state")).to_have_text("PostgreSQL unreachable", timeout=15_000)
+            down = page.locator("#db-down")
+            expect(down).to_be_visible()
+            expect(down).to_contain_text("PostgreSQL unreachable since ")
+            expect(down).to_contain_text("events are safe in the pods' journals")
+            expect(page.locator("#opens-total")).to_have_text("\u2013")  # a dash, not a stale or blank number
+            took, answer = fleet(a)
+            assert answer["database"] == "unreachable" and answer["unreachable_since"], answer
+            assert took < 3, took
+            send(a, signed_paths(f"down-{uuid.uuid4().hex[:8]}", 20))
+            expect(page.locator("#backlog-now")).to_have_text("20 rows", timeout=15_000)
+
+            pg.start()
+            expect(page.locator("#state")).to_have_text("live", timeout=30_000)
+            expect(down).to_be_hidden()
+            expect(page.locator("#backlog-now")).to_have_text("0 rows", timeout=30_000)
+            expect(page.locator("#pods tbody tr.reporting")).to_have_count(2, timeout=20_000)
+            page.close()
+        finally:
+            a.stop()
+            b.stop()
 
 
 def test_screenshot_for_the_readme(browser: Browser, server: ServerProcess, tmp_path: Path) -> None:

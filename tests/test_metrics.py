@@ -127,7 +127,7 @@ def test_per_second_refuses_bad_ranges(api: httpx.Client, params: dict[str, obje
 
 
 def test_per_second_and_status_need_a_key(server: ServerProcess) -> None:
-    for path in ("/v1/interactions/per-second", "/v1/status"):
+    for path in ("/v1/interactions/per-second", "/v1/status", "/v1/fleet"):
         assert httpx.get(server.base_url + path).status_code == 401
 
 

@@ -22,6 +22,7 @@ import pytest
 from app.api import _PER_SECOND_SQL, _STATS_SQL
 from app.db import create_pool, migrate, pending_migrations
 from app.events import EventIds, RawEvent
+from app.heartbeat import Heartbeat
 from app.journal import Journal
 from app.metrics import Metrics
 from app.pgserver import EmbeddedPostgres
@@ -203,6 +204,32 @@ async def test_the_service_role_runs_the_writers_real_paths(svc_writer: Writer, 
     assert await owner.fetchval(partition_owner, f"events_{day}") == "trackd_owner"
 
 
+async def test_the_service_role_keeps_the_heartbeats(svc_writer: Writer, owner: asyncpg.Connection) -> None:
+    """As the service role: a writer upserts its heartbeat, a pod that stopped beating shows as not
+    reporting (and out of the totals), and one gone for long is pruned (migration 006)."""
+    await owner.execute("DELETE FROM writer_heartbeats")
+    insert = ("INSERT INTO writer_heartbeats (instance, host, pid, version, writer_state, backlog_rows,"
+              " backlog_bytes, updated_at) VALUES ($1, 'h', 1, 'v', 'retrying', 7, 70,"
+              " now() - make_interval(secs => $2))")  # fmt: skip
+    await owner.execute(insert, "quiet:1", 45.0)
+    await owner.execute(insert, "long-gone:1", 7200.0)
+    beat = Heartbeat(svc_writer.pool, svc_writer)
+    await beat.beat()
+    await beat.beat()  # an update of the same row, not a second row
+    assert await owner.fetchval("SELECT count(*) FROM writer_heartbeats WHERE instance = $1", beat.instance) == 1
+    assert await owner.fetchval("SELECT count(*) FROM writer_heartbeats WHERE instance = 'long-gone:1'") == 0
+    fleet = await beat.fleet()
+    assert fleet["database"] == "ok"
+    by_instance = {p["instance"]: p for p in fleet["pods"]}
+    assert set(by_instance) == {beat.instance, "quiet:1"}
+    assert by_instance[beat.instance]["this"] and by_instance[beat.instance]["reporting"]
+    assert not by_instance["quiet:1"]["reporting"] and by_instance["quiet:1"]["age_s"] >= 45
+    assert fleet["backlog"] == {"rows": 0, "bytes": 0, "oldest_pending_age_s": None, "pods_reporting": 1,
+                                "pods_not_reporting": 1}  # fmt: skip
+    await beat.forget()  # a clean stop with nothing pending: the row goes
+    assert await owner.fetchval("SELECT count(*) FROM writer_heartbeats WHERE instance = $1", beat.instance) == 0
+
+
 async def test_the_service_role_reads_what_the_api_reads(svc: asyncpg.Connection) -> None:
     await svc.execute("SET TIME ZONE 'UTC'")
     (stats,) = await svc.fetch(_STATS_SQL, "roles-nothing")
@@ -277,7 +304,8 @@ async def test_the_service_role_cannot_migrate(cluster: EmbeddedPostgres, owned:
     conn = await asyncpg.connect(dsn(cluster, "svc", "trackd_unmigrated"))
     try:
         assert await pending_migrations(conn) == ["001_events", "002_per_second_and_dead_letters",
-                                                  "003_per_second_trigger", "004_links_v2", "005_roles"]  # fmt: skip
+                                                  "003_per_second_trigger", "004_links_v2", "005_roles",
+                                                  "006_writer_heartbeats"]  # fmt: skip
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await migrate(conn)
     finally:
@@ -287,7 +315,13 @@ async def test_the_service_role_cannot_migrate(cluster: EmbeddedPostgres, owned:
 async def test_the_reader_role_only_reads(cluster: EmbeddedPostgres, owned: str) -> None:
     conn = await asyncpg.connect(dsn(cluster, "analyst", owned))
     try:
-        for table in ("events", "interactions_per_second", "events_dead_letter", "trackd_migrations"):
+        for table in (
+            "events",
+            "interactions_per_second",
+            "events_dead_letter",
+            "trackd_migrations",
+            "writer_heartbeats",
+        ):
             await conn.fetch(f"SELECT * FROM {table} LIMIT 1")
         for sql in ("INSERT INTO events_dead_letter (error, row_repr) VALUES ('x', 'y')", "DELETE FROM events",
                     "SELECT trackd_ensure_partitions(ARRAY['2030-01-03']::date[])", "DROP TABLE events"):  # fmt: skip

@@ -1,5 +1,6 @@
 // trackd live dashboard: asks once for an API key (kept in sessionStorage, this tab only), then
-// polls the per-second API and the status API every second and redraws four uPlot charts.
+// polls the per-second API and the fleet API (every pod's backlog, and whether PostgreSQL answers)
+// every second and redraws four uPlot charts and the pods' table.
 (() => {
   "use strict";
   const WINDOW_S = 900;
@@ -68,8 +69,19 @@
       const params = new URLSearchParams({ since: String(until - WINDOW_S + 1), until: String(until) });
       const campaign = $("campaign").value.trim();
       if (campaign) params.set("campaign_id", campaign);
-      const [series, status] = await Promise.all([api("/v1/interactions/per-second?" + params), api("/v1/status")]);
-      render(series.series, status);
+      // Settled apart: with PostgreSQL down the per-second API fails (503) while /v1/fleet still
+      // answers, from this pod's own numbers, and says so.
+      const [series, fleet] = await Promise.allSettled([api("/v1/interactions/per-second?" + params), api("/v1/fleet")]);
+      for (const r of [series, fleet]) if (r.status === "rejected" && r.reason.unauthorized) throw r.reason;
+      if (fleet.status === "rejected") throw fleet.reason;
+      renderFleet(fleet.value);
+      if (fleet.value.database === "unreachable") {
+        databaseDown(fleet.value);
+        return;
+      }
+      databaseUp();
+      if (series.status === "rejected") throw series.reason;
+      renderSeries(series.value.series);
       $("state").textContent = "live";
       $("state").className = "state ok";
     } catch (error) {
@@ -86,7 +98,28 @@
     }
   }
 
-  function render(points, status) {
+  function databaseDown(fleet) {
+    const since = fleet.unreachable_since ? new Date(fleet.unreachable_since * 1000) : new Date();
+    const minutes = Math.floor((Date.now() - since.getTime()) / 60000);
+    $("db-down").textContent = "PostgreSQL unreachable since " + since.toLocaleTimeString() +
+      (minutes >= 1 ? " (" + minutes + " min)" : "") +
+      "; events are safe in the pods' journals and are written once it answers again." +
+      " Opens and clicks cannot be counted until then; the backlog shown is this pod's only.";
+    $("db-down").hidden = false;
+    document.querySelector("main").classList.add("down");
+    for (const id of ["opens-now", "clicks-now", "opens-total", "clicks-total", "machine-share", "lag-now"]) {
+      $(id).textContent = "–";
+    }
+    $("state").textContent = "PostgreSQL unreachable";
+    $("state").className = "state bad";
+  }
+
+  function databaseUp() {
+    $("db-down").hidden = true;
+    document.querySelector("main").classList.remove("down");
+  }
+
+  function renderSeries(points) {
     const t = points.map((p) => p.second);
     charts.opens.setData([t, points.map((p) => p.opens), points.map((p) => p.machine_opens)]);
     charts.clicks.setData([t, points.map((p) => p.clicks), points.map((p) => p.machine_clicks)]);
@@ -94,11 +127,6 @@
     // What each chart plots, summed, for people and for tests to check against what was sent.
     $("chart-opens").dataset.total = sum(points, "opens");
     $("chart-clicks").dataset.total = sum(points, "clicks");
-    const now = Math.floor(Date.now() / 1000);
-    backlog.t.push(now);
-    backlog.rows.push(status.backlog.rows);
-    while (backlog.t.length && backlog.t[0] < now - WINDOW_S) { backlog.t.shift(); backlog.rows.shift(); }
-    charts.backlog.setData([backlog.t, backlog.rows]);
 
     const last = points.slice(-5);
     const opens = sum(points, "opens"), clicks = sum(points, "clicks");
@@ -109,9 +137,54 @@
     $("clicks-total").textContent = fmt.format(clicks);
     $("machine-share").textContent = opens + clicks + machine ? Math.round((100 * machine) / (opens + clicks + machine)) + " %" : "–";
     $("lag-now").textContent = fmt.format(Math.max(0, ...points.slice(-10).map((p) => p.max_lag_ms))) + " ms";
-    $("backlog-now").textContent = fmt.format(status.backlog.rows) + " rows";
-    $("oldest-now").textContent = duration(status.backlog.oldest_pending_age_s);
-    $("updated").textContent = "Last update " + new Date().toLocaleTimeString() + " · writer " + status.writer.state;
+  }
+
+  function cell(row, text, className) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (className) td.className = className;
+    row.appendChild(td);
+  }
+
+  function renderFleet(fleet) {
+    const now = Math.floor(Date.now() / 1000);
+    backlog.t.push(now);
+    backlog.rows.push(fleet.backlog.rows);
+    while (backlog.t.length && backlog.t[0] < now - WINDOW_S) { backlog.t.shift(); backlog.rows.shift(); }
+    charts.backlog.setData([backlog.t, backlog.rows]);
+    const down = fleet.database === "unreachable";
+    $("backlog-now").textContent = fmt.format(fleet.backlog.rows) + " rows";
+    $("oldest-now").textContent = duration(fleet.backlog.oldest_pending_age_s);
+    $("stale-after").textContent = String(fleet.stale_after_s);
+
+    // Rows made with textContent only: a pod's name is data, never markup.
+    const body = $("pods").tBodies[0];
+    const rows = fleet.pods.map((pod) => {
+      const tr = document.createElement("tr");
+      tr.dataset.instance = pod.instance;
+      tr.dataset.backlog = String(pod.backlog_rows);
+      tr.className = pod.reporting ? "reporting" : "stale";
+      cell(tr, pod.instance + (pod.this ? " (this page)" : ""));
+      cell(tr, pod.writer_state);
+      cell(tr, fmt.format(pod.backlog_rows));
+      cell(tr, fmt.format(pod.backlog_bytes) + " B");
+      cell(tr, duration(pod.oldest_pending_age_s));
+      cell(tr, pod.last_commit_at ? new Date(pod.last_commit_at * 1000).toLocaleTimeString() : "–");
+      const beat = pod.this ? "live" : pod.reporting ? Math.round(pod.age_s) + " s ago" : "not reporting (" + Math.round(pod.age_s) + " s)";
+      cell(tr, beat, "heartbeat");
+      return tr;
+    });
+    if (down && rows.length === 1) {
+      const tr = document.createElement("tr");
+      cell(tr, "other pods: unknown while PostgreSQL is unreachable");
+      tr.firstChild.colSpan = 7;
+      tr.className = "stale";
+      rows.push(tr);
+    }
+    body.replaceChildren(...rows);
+    $("pods").dataset.reporting = String(fleet.backlog.pods_reporting);
+    const self = fleet.pods.find((p) => p.this);
+    $("updated").textContent = "Last update " + new Date().toLocaleTimeString() + " · this pod's writer " + (self ? self.writer_state : "?");
   }
 
   function start() {
