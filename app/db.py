@@ -63,7 +63,7 @@ async def migrate(conn: Connection) -> list[str]:
     conn.add_log_listener(_log_trackd_notice)
     try:
         for name, sql in migration_files():
-            async with conn.transaction():
+            async with conn.transaction(isolation="read_committed"):
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
                 # Inside the lock: whoever held it before us may have just applied this one.
                 await conn.execute(
@@ -77,7 +77,7 @@ async def migrate(conn: Connection) -> list[str]:
             log.info("applied migration %s", name)
             applied.append(name)
         if not applied and await conn.fetchval("SELECT to_regprocedure('trackd_apply_grants()')") is not None:
-            async with conn.transaction():
+            async with conn.transaction(isolation="read_committed"):
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
                 await conn.execute("SELECT trackd_apply_grants()")
     finally:

@@ -34,7 +34,7 @@ PRUNE_AFTER_S = 900.0
 # TCP connect timeout.
 TIMEOUT_S = 1.5
 
-DatabaseState = Literal["ok", "unreachable", "error"]
+DatabaseState = Literal["ok", "unreachable", "busy", "error"]  # busy: no free pool connection in time
 # Failures that mean "PostgreSQL cannot be reached (now)", as opposed to a refusal (no table yet,
 # no right): the server is down, restarting, shutting down, or the network is cut.
 _UNREACHABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
@@ -108,8 +108,16 @@ class Heartbeat:
         self.unreachable_since = None
         self.last_error = None
 
+    def _pool_exhausted(self) -> bool:
+        pool = self.pool
+        return pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0
+
     def _failed(self, exc: BaseException) -> DatabaseState:
         self.last_error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, TimeoutError) and self._pool_exhausted():
+            # Every connection busy (the writer, stats reads, other pages): that says nothing of
+            # PostgreSQL, so no banner and no "unreachable since".
+            return "busy"
         if isinstance(exc, _UNREACHABLE):
             if self.unreachable_since is None:
                 self.unreachable_since = time.time()

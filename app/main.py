@@ -67,14 +67,14 @@ async def _prepare_schema(svc: Services) -> None:
                 pending = await pending_migrations(conn)
                 if pending and svc.settings.migrate:
                     await migrate(conn)
-                elif pending:
-                    why = (f"waiting for `trackd migrate` (as the owner role) to apply {', '.join(pending)};"
-                           " TRACKD_MIGRATE=false, so this server does not migrate")  # fmt: skip
-                    if why != said:
-                        log.warning("%s", why)
-                        said = why
-                    await asyncio.sleep(_SCHEMA_RETRY_MAX_S)
-                    continue
+            if pending and not svc.settings.migrate:
+                why = (f"waiting for `trackd migrate` (as the owner role) to apply {', '.join(pending)};"
+                       " TRACKD_MIGRATE=false, so this server does not migrate")  # fmt: skip
+                if why != said:
+                    log.warning("%s", why)
+                    said = why
+                await asyncio.sleep(_SCHEMA_RETRY_MAX_S)  # holding no connection meanwhile
+                continue
             break
         except asyncpg.InsufficientPrivilegeError as exc:
             # Serving as the service role with migrations pending: one clear line, then wait.

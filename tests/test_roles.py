@@ -284,7 +284,7 @@ async def test_the_partition_function_is_safe_to_run_with_the_owners_rights(svc:
     config = await svc.fetchrow(
         "SELECT prosecdef, proconfig FROM pg_proc WHERE oid = 'trackd_ensure_partitions(date[])'::regprocedure"
     )
-    assert config["prosecdef"] is True and config["proconfig"] == ["search_path=public, pg_temp"]
+    assert config["prosecdef"] is True and config["proconfig"] == ["search_path=pg_catalog, pg_temp"]
     await svc.execute("CREATE TEMP TABLE events_20300105 (x int)")
     await svc.execute("CREATE TEMP TABLE events (LIKE public.events)")
     await svc.execute("SET search_path = pg_temp, public")
@@ -408,3 +408,30 @@ def test_serve_as_the_service_role_waits_for_the_owner_then_records_a_click(tmp_
         assert stats.status_code == 200 and stats.json()["clicks"] == 2
         for server in (tries, waits):
             assert "Traceback" not in server.log()
+
+
+async def test_a_planted_function_is_never_run_as_the_owner(svc: asyncpg.Connection, owner: asyncpg.Connection) -> None:
+    """Where the service role may create objects in trackd's schema (PostgreSQL 14 and older let
+    PUBLIC do so in `public`), it plants exact-match overloads of what the partition function
+    calls: none of them runs, with the owner's rights or at all."""
+    await owner.execute("GRANT CREATE ON SCHEMA public TO trackd_service")
+    planted = [
+        "public.to_char(date, text) RETURNS text",
+        "public.format(text, text, text) RETURNS text",
+        "public.hashtext(text) RETURNS int",
+        "public.to_regclass(text) RETURNS regclass",
+    ]
+    try:
+        for signature in planted:
+            await svc.execute(
+                f"CREATE FUNCTION {signature} LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'planted ran'; END $$"
+            )
+        await svc.execute("SET search_path = public, pg_catalog")
+        await svc.execute("SELECT public.trackd_ensure_partitions(ARRAY['2030-02-07']::date[])")
+        await svc.execute("RESET search_path")
+        assert await svc.fetchval("SELECT pg_catalog.to_regclass('public.events_20300207') IS NOT NULL")
+    finally:
+        await svc.execute("RESET search_path")
+        for signature in planted:
+            await svc.execute(f"DROP FUNCTION IF EXISTS {signature.split(' RETURNS')[0]}")
+        await owner.execute("REVOKE CREATE ON SCHEMA public FROM trackd_service")

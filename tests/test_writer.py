@@ -226,3 +226,20 @@ async def test_a_frame_that_does_not_cut_into_rows_goes_to_dead_letters(writer: 
     assert len(dead) == 1 and dead[0][1].startswith("unreadable frame of 2 events")
     assert await db.fetchval("SELECT count(*) FROM events WHERE campaign_id = 'beside-garbage'") == 3
     assert await db.fetchval("SELECT count(*) FROM events_dead_letter WHERE error LIKE 'unreadable frame%'") == 1
+
+
+async def test_a_full_pool_is_busy_not_postgresql_unreachable(writer: Writer) -> None:
+    """The dashboard's fleet read cannot get a connection because every one is in use (the
+    writer, stats reads): it says `busy`, with no "unreachable since" banner, and PostgreSQL
+    answering again is `ok`."""
+    from app import heartbeat
+
+    beat = heartbeat.Heartbeat(writer.pool, writer)
+    held = [await writer.pool.acquire() for _ in range(writer.pool.get_max_size())]
+    try:
+        fleet = await beat.fleet()
+        assert fleet["database"] == "busy" and fleet["unreachable_since"] is None
+    finally:
+        for conn in held:
+            await writer.pool.release(conn)
+    assert (await beat.fleet())["database"] == "ok"

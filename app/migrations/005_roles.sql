@@ -21,33 +21,37 @@
 -- `events` or a partition), and its only input is dates, which become names through to_char and
 -- bounds through %L quoting. The partitions it creates are owned by the owner, so the service
 -- cannot drop or alter them either; it reads and writes them only through `events`.
-CREATE OR REPLACE FUNCTION trackd_ensure_partitions(days date[]) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER AS $$
+-- Written with trackd's schema spelled out, and run with search_path = pg_catalog, pg_temp: as
+-- SECURITY DEFINER it runs with the owner's rights, so no name in it may resolve to an object
+-- a caller could create. pg_catalog first (and pg_temp, which is never searched for functions,
+-- last): a caller's `public.to_char(date, text)`, an exact match, would otherwise beat the
+-- built-in that needs a cast, whatever the order of the path.
+DO $do$
+BEGIN
+    EXECUTE pg_catalog.format($f$
+CREATE OR REPLACE FUNCTION %1$I.trackd_ensure_partitions(days date[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d date;
     name text;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('trackd_partitions'));
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('trackd_partitions'));
     FOREACH d IN ARRAY days LOOP
-        name := 'events_' || to_char(d, 'YYYYMMDD');
-        IF to_regclass(format('%I.%I', current_schema(), name)) IS NULL THEN
-            EXECUTE format(
-                'CREATE TABLE %I.%I PARTITION OF %I.events FOR VALUES FROM (%L) TO (%L)',
-                current_schema(), name, current_schema(),
-                (d::timestamp AT TIME ZONE 'UTC'),
-                ((d + 1)::timestamp AT TIME ZONE 'UTC')
+        name := 'events_' || pg_catalog.to_char(d::pg_catalog.timestamp, 'YYYYMMDD');
+        IF pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %1$L, name)) IS NULL THEN
+            EXECUTE pg_catalog.format(
+                'CREATE TABLE %%I.%%I PARTITION OF %%I.events FOR VALUES FROM (%%L) TO (%%L)',
+                %1$L, name, %1$L,
+                (d::pg_catalog.timestamp AT TIME ZONE 'UTC'),
+                ((d + 1)::pg_catalog.timestamp AT TIME ZONE 'UTC')
             );
         END IF;
     END LOOP;
 END
-$$;
-
-DO $$
-BEGIN
-    EXECUTE format('ALTER FUNCTION trackd_ensure_partitions(date[]) SET search_path = %I, pg_temp',
-                   current_schema());
+$$
+$f$, pg_catalog.current_schema());
 END
-$$;
+$do$;
 
 -- Functions are executable by everyone (PUBLIC) unless revoked. The partition function is the
 -- service's only; the trigger function needs no EXECUTE right of whoever fires the trigger.

@@ -79,6 +79,13 @@ BEGIN
         GRANT SELECT ON events, interactions_per_second, events_dead_letter, trackd_migrations,
             writer_heartbeats TO trackd_reader;
     END IF;
+    -- A role that may create objects in trackd's schema could plant functions or tables that
+    -- trackd's own code would pick up (PostgreSQL 14 and older grant CREATE on public to PUBLIC).
+    IF to_regrole('trackd_service') IS NOT NULL
+       AND has_schema_privilege('trackd_service', current_schema(), 'CREATE') THEN
+        RAISE NOTICE 'trackd: trackd_service may create objects in schema %: run REVOKE CREATE ON SCHEMA % FROM PUBLIC (docs/database-roles.md)',
+            current_schema(), current_schema();
+    END IF;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION trackd_apply_grants() FROM PUBLIC;
