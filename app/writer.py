@@ -101,9 +101,11 @@ class Writer:
         self.metrics = metrics
         self.rows = RowEncoder(settings)
         self._stage_ddl = _STAGE_DDL_PER_TRANSACTION if settings.db_pgbouncer else _STAGE_DDL
-        # Per transaction as well as per connection: through PgBouncer the connection's own
-        # statement_timeout cannot be set (app/db.py), and a batch must not hang on a lock forever.
-        self._begin = f"{_COUNT_PER_SECOND}; SET LOCAL statement_timeout = {settings.db_statement_timeout_ms}"
+        # Through PgBouncer the connection's own statement_timeout cannot be set (app/db.py), and a
+        # batch must not hang on a lock forever: there it is set per transaction. A direct
+        # connection has it from its start-up parameters already.
+        timeout = f"; SET LOCAL statement_timeout = {settings.db_statement_timeout_ms}" if settings.db_pgbouncer else ""
+        self._begin = _COUNT_PER_SECOND + timeout
         self.batch_max_rows = settings.batch_max_rows
         self.flush_interval = settings.flush_interval_ms / 1000
         self.orphan_scan_interval = settings.orphan_scan_interval_s

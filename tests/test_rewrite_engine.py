@@ -10,9 +10,9 @@ import pytest
 from app.rewrite import OptionsError, Rendered, RewriteOptions, compile_email
 from app.rewrite.attrs import decode_attribute
 from app.rewrite.template import HONEYPOT_AFTER, HONEYPOT_BEFORE
-from loadtests.bench_rewrite import RingSigner
+from app.rewrite_signer import KeyRingSigner
 from tests.rewrite_support import TRK, TagSigner, pixel, rewrite, undo
-from trackd_links import KIND_CLICK
+from trackd_links import KIND_CLICK, KeyRing
 from trackd_links.urls import to_location
 
 
@@ -328,7 +328,7 @@ def test_indexes_per_part_and_token_indexes_unique() -> None:
 
 
 def test_real_tokens_carry_the_exact_target() -> None:
-    ring_signer = RingSigner()
+    ring_signer = KeyRingSigner(KeyRing.from_specs(["k1:rewrite-test-secret-0123456789"]), "https://t.example.com")
     doc = (
         '<a data-trackd-name="cta" href="https://x/?a=1&amp;b=%41&region=eu#f">x</a><a href="https://bücher.example/ä">'
     )

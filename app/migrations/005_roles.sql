@@ -58,15 +58,40 @@ $do$;
 REVOKE EXECUTE ON FUNCTION trackd_ensure_partitions(date[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION trackd_count_per_second() FROM PUBLIC;
 
--- Creates the group roles if they are missing and the migrating role may create roles (else a
--- NOTICE says what to run), then sets the grants of each role that exists to exactly these:
--- everything the roles had on trackd's tables is revoked first, so this list is the whole truth.
+-- What each group role may do on each of trackd's tables: the whole truth, one row per table and
+-- role. A later migration that adds a table adds its rows here and calls trackd_apply_grants().
 -- docs/database-roles.md shows the same list; tests/test_roles.py checks both against the catalog.
+CREATE TABLE trackd_grants (
+    role       text NOT NULL CHECK (role IN ('trackd_service', 'trackd_reader')),
+    relation   text NOT NULL,
+    privileges text NOT NULL,  -- as GRANT takes them: 'SELECT, INSERT'
+    why        text NOT NULL,
+    PRIMARY KEY (role, relation)
+);
+COMMENT ON TABLE trackd_grants IS
+    'trackd: the table privileges of the group roles trackd_service and trackd_reader, applied by trackd_apply_grants() at every migrate (docs/database-roles.md)';
+
+INSERT INTO trackd_grants (role, relation, privileges, why) VALUES
+    ('trackd_service', 'events', 'SELECT, INSERT',
+     'record events (COPY and INSERT ... ON CONFLICT DO NOTHING through the parent: a partitioned table checks rights on the parent only), and read them for the stats API'),
+    ('trackd_service', 'interactions_per_second', 'SELECT, INSERT, UPDATE',
+     'kept by the trigger on events (as the inserting role) and by writers before migration 003 (INSERT ... ON CONFLICT DO UPDATE); read by the per-second API'),
+    ('trackd_service', 'events_dead_letter', 'INSERT', 'rows PostgreSQL refused: written, never read by the service'),
+    ('trackd_service', 'trackd_migrations', 'SELECT', '`trackd serve` checks that the schema is current before it starts writing'),
+    ('trackd_reader', 'events', 'SELECT', 'analysts read everything trackd records'),
+    ('trackd_reader', 'interactions_per_second', 'SELECT', 'analysts read everything trackd records'),
+    ('trackd_reader', 'events_dead_letter', 'SELECT', 'analysts read everything trackd records'),
+    ('trackd_reader', 'trackd_migrations', 'SELECT', 'analysts read everything trackd records');
+
+-- Creates the group roles if they are missing and the migrating role may create roles (else a
+-- NOTICE says what to run), then sets the grants of each role that exists to exactly those of
+-- trackd_grants: everything the roles had on those tables is revoked first.
 CREATE FUNCTION trackd_apply_grants() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     may_create boolean;
     r text;
+    g record;
 BEGIN
     SELECT rolsuper OR rolcreaterole INTO may_create FROM pg_roles WHERE rolname = current_user;
     FOREACH r IN ARRAY ARRAY['trackd_service', 'trackd_reader'] LOOP
@@ -78,37 +103,31 @@ BEGIN
                 RAISE NOTICE 'trackd: role % does not exist and % may not create roles: '
                     'have a DBA run CREATE ROLE % NOLOGIN, then run trackd migrate again '
                     '(docs/database-roles.md)', r, current_user, r;
+                CONTINUE;
             END IF;
         END IF;
+        -- Connect and find trackd's tables; no CREATE: the roles make no table of their own.
+        EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), r);
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', current_schema(), r);
+        FOR g IN SELECT DISTINCT relation FROM trackd_grants ORDER BY relation LOOP
+            EXECUTE format('REVOKE ALL ON %I FROM %I', g.relation, r);
+        END LOOP;
+        FOR g IN SELECT relation, privileges FROM trackd_grants WHERE role = r ORDER BY relation LOOP
+            EXECUTE format('GRANT %s ON %I TO %I', g.privileges, g.relation, r);
+        END LOOP;
     END LOOP;
 
     IF to_regrole('trackd_service') IS NOT NULL THEN
-        -- Connect, and make the writer's temporary stage table (trackd_stage, for replays).
-        EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO trackd_service', current_database());
-        -- Find trackd's tables; no CREATE: the service makes no table of its own.
-        EXECUTE format('GRANT USAGE ON SCHEMA %I TO trackd_service', current_schema());
-        REVOKE ALL ON events, interactions_per_second, events_dead_letter, trackd_migrations
-            FROM trackd_service;
-        -- Record events (COPY and INSERT ... ON CONFLICT DO NOTHING through the parent: a
-        -- partitioned table checks rights on the parent only), and read them for the stats API.
-        GRANT SELECT, INSERT ON events TO trackd_service;
-        -- Kept by the trigger on events (as the inserting role) and by writers before
-        -- migration 003 (INSERT ... ON CONFLICT DO UPDATE); read by the per-second API.
-        GRANT SELECT, INSERT, UPDATE ON interactions_per_second TO trackd_service;
-        -- Rows PostgreSQL refused: written, never read by the service.
-        GRANT INSERT ON events_dead_letter TO trackd_service;
-        -- `trackd serve` checks that the schema is current before it starts writing.
-        GRANT SELECT ON trackd_migrations TO trackd_service;
+        -- The writer's temporary stage table (trackd_stage, for replays), and partitions made
+        -- through the owner's function.
+        EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO trackd_service', current_database());
         GRANT EXECUTE ON FUNCTION trackd_ensure_partitions(date[]) TO trackd_service;
-    END IF;
-
-    IF to_regrole('trackd_reader') IS NOT NULL THEN
-        EXECUTE format('GRANT CONNECT ON DATABASE %I TO trackd_reader', current_database());
-        EXECUTE format('GRANT USAGE ON SCHEMA %I TO trackd_reader', current_schema());
-        REVOKE ALL ON events, interactions_per_second, events_dead_letter, trackd_migrations
-            FROM trackd_reader;
-        GRANT SELECT ON events, interactions_per_second, events_dead_letter, trackd_migrations
-            TO trackd_reader;
+        -- A role that may create objects in trackd's schema could plant functions or tables that
+        -- trackd's own code would pick up (PostgreSQL 14 and older grant CREATE on public to PUBLIC).
+        IF has_schema_privilege('trackd_service', current_schema(), 'CREATE') THEN
+            RAISE NOTICE 'trackd: trackd_service may create objects in schema %: run REVOKE CREATE ON SCHEMA % FROM PUBLIC (docs/database-roles.md)',
+                current_schema(), current_schema();
+        END IF;
     END IF;
 END
 $$;
