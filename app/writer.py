@@ -51,7 +51,12 @@ _STAGE_DDL_PER_TRANSACTION = (
 # not per session, so that it holds through a transaction-pooling proxy such as PgBouncer.
 _COUNT_PER_SECOND = "SET LOCAL trackd.per_second = 'trigger'"
 _COLUMN_LIST = ", ".join(COLUMNS)
-_MOVE = f"INSERT INTO events ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM trackd_stage ON CONFLICT DO NOTHING"
+# In primary key order: two writers moving the same rows (a journal replayed by two processes)
+# then wait for each other in one order, never in a cycle (deadlock).
+_MOVE = (
+    f"INSERT INTO events ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM trackd_stage"
+    " ORDER BY occurred_at, id ON CONFLICT DO NOTHING"
+)
 _DEAD_LETTER = "INSERT INTO events_dead_letter (id, occurred_at, error, row_repr) VALUES ($1, $2, $3, $4)"
 _BACKOFF_MAX_S = 5.0
 _TRANSIENT = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, TimeoutError)
