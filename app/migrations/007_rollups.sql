@@ -34,6 +34,9 @@ CREATE TABLE rollup_totals (
     reason      text    NOT NULL,
     slot        smallint NOT NULL,
     events      bigint  NOT NULL,
+    -- The earliest and latest event counted here (not moved back by an erasure).
+    first_at    timestamptz,
+    last_at     timestamptz,
     PRIMARY KEY (campaign_id, kind, link_index, is_machine, reason, slot)
 ) WITH (fillfactor = 70);
 COMMENT ON TABLE rollup_totals IS
@@ -274,11 +277,12 @@ BEGIN
               AND (prev_first_human_at <> first_human_at OR prev_sent_at IS DISTINCT FROM sent_at)
     ),
     totals AS (
-        INSERT INTO rollup_totals AS r (campaign_id, kind, link_index, is_machine, reason, slot, events)
-        SELECT campaign_id, kind, link, is_machine, reason, v_slot, count(*)
+        INSERT INTO rollup_totals AS r (campaign_id, kind, link_index, is_machine, reason, slot, events, first_at, last_at)
+        SELECT campaign_id, kind, link, is_machine, reason, v_slot, count(*), min(occurred_at), max(occurred_at)
         FROM per_link GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
         ON CONFLICT (campaign_id, kind, link_index, is_machine, reason, slot)
-        DO UPDATE SET events = r.events + EXCLUDED.events
+        DO UPDATE SET events = r.events + EXCLUDED.events, first_at = least(r.first_at, EXCLUDED.first_at),
+                      last_at = greatest(r.last_at, EXCLUDED.last_at)
     ),
     uniques AS (
         INSERT INTO rollup_uniques AS r (campaign_id, kind, link_index, slot, uniques, human_uniques)

@@ -59,16 +59,18 @@ BEGIN
         CROSS JOIN LATERAL (VALUES (-1), (c.link_index)) AS l(link) WHERE l.link IS NOT NULL
     ),
     deltas AS (
-        SELECT campaign_id, kind, link, was_machine AS is_machine, was_reason AS reason, -1 AS n FROM per_link
+        SELECT campaign_id, kind, link, was_machine AS is_machine, was_reason AS reason, -1 AS n,
+               NULL::timestamptz AS occurred_at FROM per_link
         UNION ALL
-        SELECT campaign_id, kind, link, is_machine, coalesce(reason, ''), 1 FROM per_link
+        SELECT campaign_id, kind, link, is_machine, coalesce(reason, ''), 1, occurred_at FROM per_link
     ),
     totals AS (
-        INSERT INTO rollup_totals AS r (campaign_id, kind, link_index, is_machine, reason, slot, events)
-        SELECT campaign_id, kind, link, is_machine, reason, v_slot, sum(n)
+        INSERT INTO rollup_totals AS r (campaign_id, kind, link_index, is_machine, reason, slot, events, first_at, last_at)
+        SELECT campaign_id, kind, link, is_machine, reason, v_slot, sum(n), min(occurred_at), max(occurred_at)
         FROM deltas GROUP BY 1, 2, 3, 4, 5 HAVING sum(n) <> 0 ORDER BY 1, 2, 3, 4, 5
         ON CONFLICT (campaign_id, kind, link_index, is_machine, reason, slot)
-        DO UPDATE SET events = r.events + EXCLUDED.events
+        DO UPDATE SET events = r.events + EXCLUDED.events, first_at = least(r.first_at, EXCLUDED.first_at),
+                      last_at = greatest(r.last_at, EXCLUDED.last_at)
     ),
     flips AS (
         SELECT campaign_id, kind, date_trunc('minute', occurred_at) AS minute,
