@@ -1,9 +1,10 @@
-"""`trackd serve | sign | rewrite | decode | migrate | keygen | sizing`."""
+"""`trackd serve | sign | rewrite | decode | migrate | prune | erase | verify | keygen | sizing`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import datetime
 import difflib
@@ -17,6 +18,7 @@ import secrets
 import shutil
 import sys
 import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -524,6 +526,104 @@ def migrate_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _database_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """PostgreSQL refusing or unreachable: one line and exit 2 (verify's 1 means drift)."""
+
+    def run(args: argparse.Namespace) -> int:
+        import asyncpg
+
+        try:
+            return command(args)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            print(f"trackd {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[str]:
+    """DATABASE_URL, or the embedded PostgreSQL of TRACKD_DATA_DIR: the one a running `trackd
+    serve` (make run) started, or started here for this command and stopped after it."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    from app.pgserver import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres(settings.data_dir / "pg")
+    if embedded.is_running():
+        yield embedded.dsn  # not ours to stop
+        return
+    _lock_data_dir(settings.data_dir)
+    dsn = embedded.start()
+    try:
+        yield dsn
+    finally:
+        embedded.stop()
+
+
+def prune_cmd(args: argparse.Namespace) -> int:
+    from app.lifecycle import connect_direct, prune
+
+    settings = load_settings()
+    if settings.db_pgbouncer:
+        raise ConfigError(
+            "TRACKD_DB_PGBOUNCER: trackd prune holds a session lock and runs DETACH PARTITION CONCURRENTLY,"
+            " which need a direct connection: point DATABASE_URL at PostgreSQL itself, not PgBouncer"
+        )
+
+    async def run(dsn: str) -> list[str]:
+        conn = await connect_direct(dsn)
+        try:
+            return (await prune(conn, settings)).lines(settings)
+        finally:
+            await conn.close()
+
+    with _database(settings) as dsn:
+        print("\n".join(asyncio.run(run(dsn))))
+    return 0
+
+
+def erase_cmd(args: argparse.Namespace) -> int:
+    from app.db import connect
+    from app.lifecycle import erase_recipient
+
+    settings = load_settings()
+
+    async def run(dsn: str) -> int:
+        conn = await connect(settings, dsn)
+        try:
+            return await erase_recipient(conn, args.recipient)
+        finally:
+            await conn.close()
+
+    with _database(settings) as dsn:
+        erased = asyncio.run(run(dsn))
+    print(f"erased {erased} events of recipient {json.dumps(args.recipient, ensure_ascii=False)}")
+    return 0
+
+
+def verify_cmd(args: argparse.Namespace) -> int:
+    from app.db import connect
+    from app.lifecycle import VerifyResult, verify, verify_lines, write_verify_metrics
+
+    settings = load_settings()
+
+    async def run(dsn: str) -> VerifyResult:
+        conn = await connect(settings, dsn)
+        try:
+            return await verify(conn, args.campaign, repair=args.repair)
+        finally:
+            await conn.close()
+
+    with _database(settings) as dsn:
+        result = asyncio.run(run(dsn))
+    print("\n".join(verify_lines(result, args.campaign)))
+    if args.metrics_file is not None:
+        write_verify_metrics(args.metrics_file, result)
+    return 0 if result.exact else 1
+
+
 def _existing_kids(spec: str) -> list[str]:
     """The key ids of a TRACKD_SIGNING_KEYS value, read without keeping any secret."""
     return [part.partition(":")[0].strip() for part in spec.split(",") if part.strip()]
@@ -662,6 +762,32 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("migrate", help="apply database migrations and exit")
     p.set_defaults(func=migrate_cmd)
+
+    p = sub.add_parser(
+        "prune", help="retention: drop raw partitions past TRACKD_RETENTION_DAYS, old per-second rows",
+        description="Drop the daily partitions of events wholly older than TRACKD_RETENTION_DAYS (detach"
+        " concurrently, then drop; never today's or a future one), delete interactions_per_second rows older than"
+        " TRACKD_PER_SECOND_RETENTION_DAYS, and print what went. Rollups are kept. Run as the owner role, with a"
+        " direct DATABASE_URL (not PgBouncer); one at a time (a second one does nothing).",
+    )  # fmt: skip
+    p.set_defaults(func=_database_errors(prune_cmd))
+
+    p = sub.add_parser("erase", help="erase a recipient's events everywhere, and their part in every rollup")
+    p.add_argument("--recipient", required=True, help="the recipient_id")
+    p.set_defaults(func=_database_errors(erase_cmd))
+
+    p = sub.add_parser(
+        "verify", help="recompute the rollups from events and report any drift (exit 1)",
+        description="Compare every rollup number with its recomputation from events (a full scan: run it off-peak)."
+        " Prints each drifting number (rollup, campaign, key, expected, actual; the first 50, then a count) and"
+        " exits 1 on any drift, 0 when exact.",
+    )  # fmt: skip
+    p.add_argument("--campaign", help="one campaign only")
+    p.add_argument("--repair", action="store_true",
+                   help="rebuild every drifting campaign's rollups from its events (owner role), then verify again")  # fmt: skip
+    p.add_argument("--metrics-file", type=Path, metavar="PATH",
+                   help="also write trackd_rollup_drift in Prometheus text format (node-exporter textfile collector)")  # fmt: skip
+    p.set_defaults(func=_database_errors(verify_cmd))
 
     p = sub.add_parser(
         "keygen", help="print a new signing key for TRACKD_SIGNING_KEYS",

@@ -29,6 +29,7 @@ from app.db import create_pool, migrate, pending_migrations
 from app.heartbeat import Heartbeat
 from app.hotpath import HotPath
 from app.journal import Journal
+from app.lifecycle import LifecycleTask
 from app.limits import BodySizeLimit
 from app.metrics import HotPathMeter, Metrics
 from app.pgserver import EmbeddedPostgres
@@ -95,6 +96,10 @@ async def _prepare_schema(svc: Services) -> None:
     # a heartbeat that fails or hangs never touches the writer's loop.
     assert svc.heartbeat is not None
     svc.heartbeat_task = asyncio.create_task(svc.heartbeat.run(), name="trackd-heartbeat")
+    # Partitions ahead, their metrics, retention: also a task of its own (its DDL and DETACH
+    # may wait on locks; the writer must not).
+    assert svc.lifecycle is not None
+    svc.lifecycle_task = asyncio.create_task(svc.lifecycle.run(), name="trackd-lifecycle")
 
 
 async def _every_second(svc: Services) -> None:
@@ -174,6 +179,7 @@ def create_app(settings: Settings | None = None) -> HotPath:
         svc.pool = await create_pool(settings, dsn)
         svc.writer = Writer(settings, journal, svc.pool, metrics)
         svc.heartbeat = Heartbeat(svc.pool, svc.writer)
+        svc.lifecycle = LifecycleTask(settings, svc.pool, dsn, metrics)
         api.state.services = svc
         hot.journal = journal
         schema_task = asyncio.create_task(_prepare_schema(svc), name="trackd-schema")
@@ -194,10 +200,11 @@ def create_app(settings: Settings | None = None) -> HotPath:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if svc.heartbeat_task is not None:
-                svc.heartbeat_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await svc.heartbeat_task
+            for side_task in (svc.heartbeat_task, svc.lifecycle_task):
+                if side_task is not None:
+                    side_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await side_task
             if svc.schema_ready:
                 await svc.writer.stop(settings.shutdown_timeout_s)
                 await svc.heartbeat.forget()

@@ -133,6 +133,29 @@ class Metrics:
         self.ready = Gauge(
             "trackd_ready", "1 while this instance reports ready (/readyz).", registry=r, multiprocess_mode="livemin"
         )
+        # The stored events (app/lifecycle.py), from the catalog every TRACKD_LIFECYCLE_INTERVAL_S:
+        # every process reads the same database, so the processes agree (max).
+        self.events_partitions = Gauge(
+            "trackd_events_partitions", "Daily partitions of the events table.", registry=r, multiprocess_mode="livemax"
+        )
+        self.events_bytes = Gauge(
+            "trackd_events_bytes",
+            "Bytes of the events table on disk: its partitions, with their indexes and TOAST.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.events_oldest_partition = Gauge(
+            "trackd_events_oldest_partition_timestamp_seconds",
+            "Start (unix time, UTC midnight) of the oldest partition of events: how far back raw events go.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.events_newest_partition = Gauge(
+            "trackd_events_newest_partition_timestamp_seconds",
+            "Start (unix time) of the newest partition of events: how far ahead partitions are made.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         Gauge("trackd_build_info", "Build information.", ["version"], registry=r, multiprocess_mode="max").labels(
             __version__
         ).set(1)

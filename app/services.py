@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from app.db import Pool
 from app.heartbeat import Heartbeat
 from app.journal import Journal
+from app.lifecycle import LifecycleTask
 from app.metrics import HotPathMeter, Metrics
 from app.settings import Settings
 from app.writer import Writer
@@ -25,6 +26,8 @@ class Services:
     writer: Writer | None = None
     heartbeat: Heartbeat | None = None
     heartbeat_task: asyncio.Task[None] | None = None
+    lifecycle: LifecycleTask | None = None
+    lifecycle_task: asyncio.Task[None] | None = None
     schema_ready: bool = False
     shutting_down: bool = False
     api_keys: tuple[bytes, ...] = field(default_factory=tuple)

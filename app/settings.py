@@ -134,6 +134,17 @@ class Settings(BaseSettings):
     token_events_per_s: float = Field(default=0.2, gt=0)
     client_event_burst: int = Field(default=2_000, ge=1)
     client_events_per_s: float = Field(default=200.0, gt=0)
+    # The lifecycle of stored events (app/lifecycle.py; docs/runbook.md, "Retention"). Daily
+    # partitions of `events` are made this many days ahead, at start and every
+    # lifecycle_interval_s, so that the first event of a day never waits for DDL.
+    partitions_ahead_days: int = Field(default=7, ge=0, le=366)
+    # Raw events: daily partitions wholly older than this many days are dropped by `trackd
+    # prune` (and hourly by `trackd serve` when its role owns `events`). 0: kept forever.
+    # Rollups are kept whatever this says.
+    retention_days: int = Field(default=0, ge=0)
+    # interactions_per_second rows older than this many days are deleted by the same prune. 0: kept forever.
+    per_second_retention_days: int = Field(default=14, ge=0)
+    lifecycle_interval_s: float = Field(default=3600.0, gt=0)
     # /metrics: on the main port (default), on a port of its own, and/or behind a bearer key.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_key: str | None = None
