@@ -783,10 +783,17 @@ def main(argv: list[str] | None = None) -> int:
         " exits 1 on any drift, 0 when exact.",
     )  # fmt: skip
     p.add_argument("--campaign", help="one campaign only")
-    p.add_argument("--repair", action="store_true",
-                   help="rebuild every drifting campaign's rollups from its events (owner role), then verify again")  # fmt: skip
-    p.add_argument("--metrics-file", type=Path, metavar="PATH",
-                   help="also write trackd_rollup_drift in Prometheus text format (node-exporter textfile collector)")  # fmt: skip
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild each drifting campaign's rollups from its events (owner role), then verify again",
+    )
+    p.add_argument(
+        "--metrics-file",
+        type=Path,
+        metavar="PATH",
+        help="write trackd_rollup_drift there in Prometheus text format (node-exporter textfile)",
+    )
     p.set_defaults(func=_database_errors(verify_cmd))
 
     p = sub.add_parser(
