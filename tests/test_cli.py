@@ -276,3 +276,110 @@ def _serve_twice(tmp_path: Path) -> None:
     assert again.proc is not None and again.proc.wait(60) in (0, -signal.SIGINT, 1), again.log()
     assert "Application shutdown complete" in again.log()
     assert not pg.is_running()
+
+
+# -- trackd erase / verify (app/lifecycle.py) ---------------------------------------------------
+
+
+@pytest.fixture
+async def lifecycle_db(admin_dsn: str) -> Any:
+    import asyncpg
+
+    from app.db import migrate
+    from tests.conftest import create_database
+
+    url = await create_database(admin_dsn)
+    conn = await asyncpg.connect(url)
+    await conn.execute("SET TIME ZONE 'UTC'")
+    await migrate(conn)
+    try:
+        yield url, conn
+    finally:
+        await conn.close()
+
+
+def _made_up(campaigns: int = 2, recipients: int = 5) -> list[Any]:
+    import datetime as dt
+
+    from tests.rollup_support import BASE, Ev
+
+    return [
+        Ev(f"c{c}", kind, f"r{r}", r % 2 if kind == "click" else None, BASE + dt.timedelta(minutes=r + 3 * c),
+           BASE, r == 1, "prefetch" if r == 1 else None)
+        for c in range(campaigns) for r in range(recipients) for kind in ("open", "click")
+    ]  # fmt: skip
+
+
+async def test_erase_removes_a_recipient_everywhere_as_owner_or_service_role(lifecycle_db: Any) -> None:
+    import secrets
+
+    from tests.rollup_support import assert_exact, insert
+
+    url, conn = lifecycle_db
+    await insert(conn, _made_up())
+    done = run_cli("erase", "--recipient", "r3", env={"DATABASE_URL": url})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == 'erased 4 events of recipient "r3"'
+    assert await conn.fetchval("SELECT count(*) FROM events WHERE recipient_id = 'r3'") == 0
+    assert await conn.fetchval("SELECT count(*) FROM recipient_touch WHERE recipient_id = 'r3'") == 0
+    await assert_exact(conn)
+
+    # The service role may erase too (trackd_erase_recipient runs with the owner's rights).
+    role = f"svc_{secrets.token_hex(4)}"
+    await conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE trackd_service")
+    as_service = url.replace("postgres@", f"{role}@", 1)
+    again = run_cli("erase", "--recipient", "r4", env={"DATABASE_URL": as_service})
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == 'erased 4 events of recipient "r4"'
+    await assert_exact(conn)
+    # And verify, which only reads; --repair needs the owner.
+    assert run_cli("verify", env={"DATABASE_URL": as_service}).returncode == 0
+    nothing = run_cli("erase", "--recipient", "nobody", env={"DATABASE_URL": url})
+    assert nothing.returncode == 0 and nothing.stdout.startswith("erased 0 events")
+
+
+async def test_verify_exits_1_naming_the_drift_and_repair_makes_it_exact(lifecycle_db: Any, tmp_path: Path) -> None:
+    from tests.rollup_support import insert
+
+    url, conn = lifecycle_db
+    env = {"DATABASE_URL": url}
+    await insert(conn, _made_up())
+    exact = run_cli("verify", "--metrics-file", str(tmp_path / "trackd.prom"), env=env)
+    assert exact.returncode == 0 and exact.stdout.startswith("exact: every rollup of every campaign"), exact.stdout
+    assert "trackd_rollup_drift 0.0" in (tmp_path / "trackd.prom").read_text()
+
+    # One number made wrong, as the owner: the line names the rollup, campaign and key.
+    await conn.execute("UPDATE rollup_totals SET events = events + 5 WHERE ctid = (SELECT ctid FROM rollup_totals"
+                       " WHERE campaign_id = 'c1' AND kind = 'open' AND link_index = -1 AND reason = '' LIMIT 1)")  # fmt: skip
+    wrong = run_cli("verify", "--metrics-file", str(tmp_path / "trackd.prom"), env=env)
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert "totals\tc1\topen/-1/\t4\t9" in wrong.stdout.splitlines(), wrong.stdout
+    assert "drift: 1 rollup numbers of 1 campaigns differ" in wrong.stdout
+    assert "trackd_rollup_drift 1.0" in (tmp_path / "trackd.prom").read_text()
+    assert run_cli("verify", "--campaign", "c0", env=env).returncode == 0  # the other one is exact
+
+    repaired = run_cli("verify", "--repair", env=env)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "rebuilt the rollups of 1 campaigns: c1" in repaired.stdout
+    assert run_cli("verify", env=env).returncode == 0
+
+
+async def test_verify_shows_50_lines_then_counts(lifecycle_db: Any) -> None:
+    from tests.rollup_support import insert
+
+    url, conn = lifecycle_db
+    await insert(conn, _made_up(campaigns=1, recipients=60))
+    await conn.execute("UPDATE recipient_touch SET events = events + 1")
+    wrong = run_cli("verify", env={"DATABASE_URL": url})
+    assert wrong.returncode == 1
+    lines = wrong.stdout.splitlines()
+    assert lines[0] == "rollup\tcampaign\tkey\texpected\tactual"
+    rows = [line for line in lines[1:] if line.startswith("touch\t")]
+    assert len(rows) == 50
+    total = 60 * 2 + 30 + 30  # opens and clicks of each recipient, and each one's link
+    assert f"... and {total - 50} more" in lines, lines[-3:]
+
+
+def test_verify_says_when_it_cannot_reach_the_database() -> None:
+    done = run_cli("verify", env={"DATABASE_URL": "postgresql://u@127.0.0.1:1/db"})
+    assert done.returncode == 2 and done.stderr.startswith("trackd verify: "), done.stderr
