@@ -349,8 +349,10 @@ async def test_verify_exits_1_naming_the_drift_and_repair_makes_it_exact(lifecyc
     assert "trackd_rollup_drift 0.0" in (tmp_path / "trackd.prom").read_text()
 
     # One number made wrong, as the owner: the line names the rollup, campaign and key.
-    await conn.execute("UPDATE rollup_totals SET events = events + 5 WHERE ctid = (SELECT ctid FROM rollup_totals"
-                       " WHERE campaign_id = 'c1' AND kind = 'open' AND link_index = -1 AND reason = '' LIMIT 1)")  # fmt: skip
+    await conn.execute(
+        "UPDATE rollup_totals SET events = events + 5 WHERE ctid = (SELECT ctid FROM rollup_totals"
+        " WHERE campaign_id = 'c1' AND kind = 'open' AND link_index = -1 AND reason = '' LIMIT 1)"
+    )
     wrong = run_cli("verify", "--metrics-file", str(tmp_path / "trackd.prom"), env=env)
     assert wrong.returncode == 1, wrong.stdout + wrong.stderr
     assert "totals\tc1\topen/-1/\t4\t9" in wrong.stdout.splitlines(), wrong.stdout

@@ -10,6 +10,8 @@ import os
 import random
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ import pytest
 
 from app.pgserver import EmbeddedPostgres
 from tests.loadclient import Load, p99, served, signed_paths
-from tests.support import ServerProcess, embedded_postgres, metric
+from tests.support import ROOT, ServerProcess, embedded_postgres, metric
 
 pytestmark = pytest.mark.faults
 
@@ -75,6 +77,17 @@ async def settle(dsn: str, campaign: str, expected: set[str], timeout: float = 6
         await asyncio.sleep(0.2)
 
 
+async def assert_verified(dsn: str) -> None:
+    """Every fault test ends here: `trackd verify`, a real process, finds every rollup equal to
+    its recomputation from the events that survived the fault (exit 0)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app.cli", "verify", cwd=ROOT, env={**os.environ, "DATABASE_URL": dsn},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, out.decode(errors="replace")
+
+
 def assert_exactly_once(rows: Counter[str], served_to: set[str], sent: int) -> None:
     missing = served_to - set(rows)
     assert not missing, f"{len(missing)} served events missing from events, e.g. {sorted(missing)[:5]}"
@@ -121,6 +134,7 @@ async def test_database_down_for_60_seconds(tmp_path: Path, pg: EmbeddedPostgres
         assert metric(srv.base_url, "trackd_writer_up") == 1
         assert metric(srv.base_url, "trackd_write_errors_total") > 0
         assert httpx.get(f"{srv.base_url}/readyz").json()["writer"] == "running"
+    await assert_verified(pg.dsn)
 
 
 async def test_database_slow_lock_held_30_seconds(tmp_path: Path, pg: EmbeddedPostgres) -> None:
@@ -147,6 +161,7 @@ async def test_database_slow_lock_held_30_seconds(tmp_path: Path, pg: EmbeddedPo
         rows = await settle(pg.dsn, campaign, served(outcomes))
         assert_exactly_once(rows, served(outcomes), len(paths))
         assert len(rows) == len(paths)
+    await assert_verified(pg.dsn)
 
 
 async def test_ten_restarts_under_load(tmp_path: Path, pg: EmbeddedPostgres) -> None:
@@ -179,6 +194,7 @@ async def test_ten_restarts_under_load(tmp_path: Path, pg: EmbeddedPostgres) -> 
         assert_exactly_once(rows, served(outcomes), len(paths))
     report = ", ".join(f"{r:.2f}" for r in recoveries)
     print(f"\nrestart -> first successful write (s): {report}; max {max(recoveries):.2f}")
+    await assert_verified(pg.dsn)
 
 
 async def test_sigterm_under_load_drains_then_exits(tmp_path: Path, pg: EmbeddedPostgres) -> None:
@@ -205,6 +221,7 @@ async def test_sigterm_under_load_drains_then_exits(tmp_path: Path, pg: Embedded
     rows = await rows_by_recipient(pg.dsn, campaign)
     assert_exactly_once(rows, served(outcomes), len(paths))
     assert not list((tmp_path / "trackd" / "journal").iterdir()), "a fully drained journal is removed"
+    await assert_verified(pg.dsn)
 
 
 async def test_sigterm_with_database_down_keeps_events_on_disk(tmp_path: Path, pg: EmbeddedPostgres) -> None:
@@ -224,6 +241,7 @@ async def test_sigterm_with_database_down_keeps_events_on_disk(tmp_path: Path, p
         rows = await settle(pg.dsn, campaign, served(outcomes))
         assert_exactly_once(rows, served(outcomes), len(paths))
         assert metric(again.base_url, "trackd_events_replayed_total") == len(served(outcomes))
+    await assert_verified(pg.dsn)
 
 
 async def test_sigkill_at_random_moments_then_restart(tmp_path: Path, pg: EmbeddedPostgres) -> None:
@@ -249,6 +267,7 @@ async def test_sigkill_at_random_moments_then_restart(tmp_path: Path, pg: Embedd
         assert metric(srv.base_url, "trackd_events_replayed_total") > 0
     finally:
         srv.stop()
+    await assert_verified(pg.dsn)
 
 
 async def test_replaying_the_same_journal_twice_adds_nothing(tmp_path: Path, pg: EmbeddedPostgres) -> None:
@@ -272,6 +291,7 @@ async def test_replaying_the_same_journal_twice_adds_nothing(tmp_path: Path, pg:
         assert metric(again.base_url, "trackd_events_duplicate_total") == len(served(outcomes))
     assert_exactly_once(rows, served(outcomes), len(paths))
     assert await per_second_total(pg.dsn, campaign) == len(rows) == len(served(outcomes))
+    await assert_verified(pg.dsn)
 
 
 async def test_full_journal_drops_counts_and_recovers(tmp_path: Path, pg: EmbeddedPostgres) -> None:
@@ -300,6 +320,7 @@ async def test_full_journal_drops_counts_and_recovers(tmp_path: Path, pg: Embedd
             await asyncio.sleep(0.2)
             rows = await rows_by_recipient(pg.dsn, campaign)
         assert sum(rows.values()) == recorded and max(rows.values()) == 1
+    await assert_verified(pg.dsn)
 
 
 async def test_torn_and_corrupt_journal_replays_what_is_valid(tmp_path: Path, pg: EmbeddedPostgres) -> None:
@@ -329,6 +350,7 @@ async def test_torn_and_corrupt_journal_replays_what_is_valid(tmp_path: Path, pg
         assert httpx.get(f"{again.base_url}/readyz").status_code == 200
         log = again.log()
         assert log.count("damaged record") == 1 and log.count("torn tail") == 1
+    await assert_verified(pg.dsn)
 
 
 async def test_poison_row_goes_to_dead_letters_and_the_rest_lands(tmp_path: Path, pg: EmbeddedPostgres) -> None:
@@ -354,6 +376,7 @@ async def test_poison_row_goes_to_dead_letters_and_the_rest_lands(tmp_path: Path
             assert len(await settle(pg.dsn, campaign + "-after", served(after))) == 50  # still writing
         finally:
             await conn.close()
+    await assert_verified(pg.dsn)
 
 
 async def test_several_workers_one_data_directory(tmp_path: Path, pg: EmbeddedPostgres) -> None:
@@ -384,6 +407,7 @@ async def test_several_workers_one_data_directory(tmp_path: Path, pg: EmbeddedPo
         assert_exactly_once(rows, served(outcomes), len(paths))
     finally:
         srv.stop()
+    await assert_verified(pg.dsn)
 
 
 async def test_starting_while_the_database_is_down(tmp_path: Path, pg: EmbeddedPostgres) -> None:
@@ -414,3 +438,4 @@ async def test_starting_while_the_database_is_down(tmp_path: Path, pg: EmbeddedP
         assert len(rows) == len(paths)
     finally:
         srv.stop()
+    await assert_verified(pg.dsn)

@@ -149,11 +149,12 @@ async def test_two_prunes_at_once_one_does_nothing_and_neither_fails(fresh: DB) 
         await holder.close()
 
     # Two at once: every partition dropped exactly once, both exit 0.
-    procs = [subprocess.Popen([sys.executable, "-m", "app.cli", "prune"], cwd=ROOT, env={**os.environ, **env},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
-    outs = [p.communicate(timeout=60) for p in procs]
+    procs = [await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", "prune", cwd=ROOT,
+                                                  env={**os.environ, **env}, stdout=subprocess.PIPE,
+                                                  stderr=subprocess.PIPE) for _ in range(2)]  # fmt: skip
+    outs = [await asyncio.wait_for(p.communicate(), 60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    joined = "".join(out for out, _ in outs)
+    joined = "".join(out.decode() for out, _ in outs)
     for d in old:
         assert joined.count(f"dropped events_{d:%Y%m%d}") == 1, joined
     assert await partition_days(conn) == set()
@@ -212,7 +213,8 @@ def test_prune_refuses_pgbouncer() -> None:
 
 
 @pytest.mark.e2e
-async def test_the_service_makes_partitions_ahead_and_reports_them(server: ServerProcess, db: asyncpg.Connection) -> None:
+async def test_the_service_makes_partitions_ahead_and_reports_them(server: ServerProcess,
+                                                                   db: asyncpg.Connection) -> None:  # fmt: skip
     now = await today(db)
     ahead = {now + dt.timedelta(days=i) for i in range(8)}  # TRACKD_PARTITIONS_AHEAD_DAYS=7
     deadline = time.monotonic() + 10  # the first round runs as the server becomes ready
