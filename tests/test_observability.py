@@ -56,6 +56,10 @@ GAUGES = (
     "trackd_writer_up",
     "trackd_ready",
     "trackd_build_info",
+    "trackd_events_partitions",
+    "trackd_events_bytes",
+    "trackd_events_oldest_partition_timestamp_seconds",
+    "trackd_events_newest_partition_timestamp_seconds",
     "up",  # Prometheus's own, per scrape target
 )
 KNOWN_METRICS = frozenset(
