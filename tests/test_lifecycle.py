@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -250,3 +251,27 @@ async def test_the_service_prunes_when_its_role_owns_events(tmp_path: Path, fres
         assert stats.status_code == 200, stats.text
         assert await conn.fetchval("SELECT sum(events) FROM rollup_totals WHERE campaign_id = 'gone'"
                                    " AND link_index = -1") == 6  # fmt: skip
+
+
+@pytest.mark.e2e
+async def test_the_service_role_makes_partitions_ahead_and_says_once_to_schedule_prune(tmp_path: Path,
+                                                                                       fresh: DB) -> None:  # fmt: skip
+    conn = fresh.conn
+    now = await today(conn)
+    old = now - dt.timedelta(days=9)
+    await insert(conn, events_on(old, "old"))
+    role = f"svc_{secrets.token_hex(4)}"
+    await conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE trackd_service")
+    as_service = fresh.url.replace("postgres@", f"{role}@", 1)
+    env = {"TRACKD_RETENTION_DAYS": "3", "TRACKD_MIGRATE": "false", "TRACKD_LIFECYCLE_INTERVAL_S": "0.2"}
+    with ServerProcess(tmp_path / "trackd", as_service, env=env) as srv:
+        ahead = {now + dt.timedelta(days=i) for i in range(8)}
+        deadline = time.monotonic() + 10
+        while not ahead <= await partition_days(conn):
+            assert time.monotonic() < deadline, srv.log()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.5)  # several rounds
+        assert srv.log().count("this server does not prune (this role does not own `events`)") == 1, srv.log()
+        assert "schedule `trackd prune`" in srv.log()
+        assert old in await partition_days(conn)
+        assert metric(srv.base_url, "trackd_events_partitions") == 9
