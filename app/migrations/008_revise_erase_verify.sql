@@ -422,6 +422,12 @@ BEGIN
                              'trackd_erase_recipient(text)', 'trackd_rebuild_rollups(text)'] LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp', f,
                                   pg_catalog.current_schema());
+    END LOOP;
+    -- Nothing of trackd's is executable by everyone (PUBLIC); trackd_apply_grants() says who may.
+    FOREACH f IN ARRAY ARRAY['trackd_revise_verdicts(timestamptz[], uuid[], boolean[], text[])',
+                             'trackd_erase_recipient(text)', 'trackd_rebuild_rollups(text)',
+                             'trackd_tto_bounds()', 'trackd_tto_bucket(interval)', 'trackd_rollup_expected(text)',
+                             'trackd_rollup_actual(text)', 'trackd_rollup_drift(text)'] LOOP
         EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;
 END
@@ -492,6 +498,15 @@ BEGIN
         -- Deferred verdicts and the erasure API (migration 008), with the owner's rights.
         GRANT EXECUTE ON FUNCTION trackd_revise_verdicts(timestamptz[], uuid[], boolean[], text[]) TO trackd_service;
         GRANT EXECUTE ON FUNCTION trackd_erase_recipient(text) TO trackd_service;
+    END IF;
+    -- Read-only helpers (they run with the caller's rights): the time-to-first buckets, and the
+    -- recomputation of the rollups from events (`trackd verify` as either role).
+    FOREACH r IN ARRAY ARRAY['trackd_service', 'trackd_reader'] LOOP
+        CONTINUE WHEN to_regrole(r) IS NULL;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION trackd_tto_bounds(), trackd_tto_bucket(interval),'
+                       ' trackd_rollup_expected(text), trackd_rollup_actual(text), trackd_rollup_drift(text) TO %I', r);
+    END LOOP;
+    IF to_regrole('trackd_service') IS NOT NULL THEN
         -- A role that may create objects in trackd's schema could plant functions or tables that
         -- trackd's own code would pick up (PostgreSQL 14 and older grant CREATE on public to PUBLIC).
         IF has_schema_privilege('trackd_service', current_schema(), 'CREATE') THEN
