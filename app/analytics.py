@@ -419,11 +419,12 @@ def feed(rows: Sequence[Record], after: tuple[int, uuid.UUID], limit: int,
     """GET /v1/events: the events after the cursor in (xid, id) order, and `next`, the cursor to
     resume from: the last event's, or the one given when there is nothing new. For one campaign,
     when fewer than `limit` rows came, every row of the batches read was handed out: `next` then
-    moves past the last of them, so batches whose events were all erased cannot hold the feed."""
+    moves past the last of them, so that batches whose events were all erased cannot hold the
+    feed in place."""
     position = after
     if rows:
         position = (int(rows[-1]["xid"]), rows[-1]["id"])
-    if batches and len(rows) < limit:
+    if batches and len(rows) < limit and (rows or int(batches[-1]["xid"]) > after[0]):
         position = max(position, (int(batches[-1]["xid"]), _LAST_ID))
     return {"events": [_event(r) for r in rows], "next": encode_cursor(*position)}
 
