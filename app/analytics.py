@@ -28,9 +28,12 @@ KINDS = {"open": "opens", "click": "clicks"}
 
 FEED_DEFAULT_LIMIT = 1000
 FEED_MAX_LIMIT = 10_000
-# A campaign's feed reads at most this many of its batches per request: a campaign whose batches
-# hold one event each then answers up to this many events, and its cursor still moves on.
-FEED_MAX_BATCHES = 1000
+# A campaign's feed reads at most this many of its batches per request. Their rows are found
+# through events_feed_idx (xid, id), which does not know the campaign: a batch's rows of other
+# campaigns are read and dropped, so this bounds a request's work to about this many batches. A
+# quiet campaign among busy ones (one event per batch) gets up to this many events per request,
+# and its cursor still moves on.
+FEED_MAX_BATCHES = 100
 RECIPIENT_MAX_ROWS = 10_000
 
 
