@@ -238,15 +238,16 @@ async def event_feed(
 ) -> dict[str, Any]:
     """Every event once, in the order of the transactions that inserted them; resume from `next`."""
     position, count = analytics.decode_cursor(after), analytics.feed_limit(limit)
-    if campaign_id is None:
-        rows = await _fetch(svc, analytics.FEED_SQL, str(position[0]), position[1], count)
-        return analytics.feed(rows, position, count)
-    args = analytics.feed_batches_args(_campaign(campaign_id) or "", position, count)
-    batches = await _fetch(svc, analytics.FEED_BATCHES_SQL, *args)
-    if not batches:
-        return analytics.feed([], position, count)
-    rows = await _fetch(svc, analytics.FEED_CAMPAIGN_SQL, *analytics.feed_campaign_args(campaign_id, batches,
-                                                                                        position, count))  # fmt: skip
+    campaign = _campaign(campaign_id)
+    if campaign is None:
+        return analytics.feed(await _fetch(svc, analytics.FEED_SQL, str(position[0]), position[1], count), position,
+                              count)  # fmt: skip
+    # One campaign: its next batches, then their rows (app.analytics, FEED_CAMPAIGN_SQL).
+    batches = await _fetch(svc, analytics.FEED_BATCHES_SQL, *analytics.feed_batches_args(campaign, position, count))
+    rows = []
+    if batches:
+        args = analytics.feed_campaign_args(campaign, batches, position, count)
+        rows = await _fetch(svc, analytics.FEED_CAMPAIGN_SQL, *args)
     return analytics.feed(rows, position, count, batches)
 
 

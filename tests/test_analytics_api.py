@@ -208,6 +208,8 @@ async def test_an_unknown_campaign_has_zeros(api: httpx.Client) -> None:
     assert stats["time_to_first_open"]["recipients"] == 0 and len(stats["time_to_first_open"]["buckets"]) == 11
     assert api.get("/v1/campaigns/nothing-here/links").json() == {"campaign_id": "nothing-here", "links": []}
     assert api.get("/v1/campaigns/nothing-here/series").json()["series"] == []
+    feed = api.get("/v1/events", params={"campaign_id": "nothing-here"}).json()
+    assert feed == {"events": [], "next": analytics.encode_cursor(*analytics.START)}
 
 
 async def test_time_to_first_bounds_are_the_databases(db: asyncpg.Connection, api: httpx.Client) -> None:
