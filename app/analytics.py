@@ -478,16 +478,31 @@ def sends(campaign_id: str, report_id: str, row: Record) -> dict[str, Any]:
 
 ERASE_SQL = "SELECT trackd_erase_recipient($1) AS erased_events"
 
-# recipient_touch by its recipient index: one row per campaign, kind and link the recipient
-# engaged with (-1: the campaign as a whole), with the link's name and URL.
+# The recipient's touch rows (recipient_touch_recipient_idx): one per campaign, kind and link they
+# engaged with (-1: the campaign as a whole), with first / first person's event and sent_at, kept
+# as long as the rollups; and their counts and last event from their stored events
+# (events_recipient_idx), which retention drops.
 RECIPIENT_SQL = """
-SELECT t.campaign_id, t.kind, t.link_index, t.events, t.human_events, t.first_at, t.first_human_at, t.last_at,
-       t.sent_at, l.link_name, l.url, (SELECT erased_at FROM erased_recipients WHERE recipient_id = $1) AS erased_at
+WITH touch AS (
+    SELECT campaign_id, kind, link_index, first_at, first_human_at, sent_at
+    FROM recipient_touch WHERE recipient_id = $1
+    ORDER BY campaign_id, kind, link_index LIMIT $2
+),
+counted AS (
+    SELECT e.campaign_id, e.kind, l.link AS link_index, count(*) AS events,
+           count(*) FILTER (WHERE NOT e.is_machine) AS human_events, max(e.occurred_at) AS last_at
+    FROM events e CROSS JOIN LATERAL (VALUES (-1), (e.link_index)) AS l(link)
+    WHERE e.recipient_id = $1 AND l.link IS NOT NULL
+    GROUP BY 1, 2, 3
+)
+SELECT t.campaign_id, t.kind, t.link_index, coalesce(c.events, 0) AS events,
+       coalesce(c.human_events, 0) AS human_events, t.first_at, t.first_human_at, c.last_at, t.sent_at,
+       l.link_name, l.url, (SELECT erased_at FROM erased_recipients WHERE recipient_id = $1) AS erased_at
 FROM (SELECT NULL) AS one
-LEFT JOIN recipient_touch t ON t.recipient_id = $1
+LEFT JOIN touch t ON true
+LEFT JOIN counted c USING (campaign_id, kind, link_index)
 LEFT JOIN campaign_links l ON l.campaign_id = t.campaign_id AND l.link_index = t.link_index
 ORDER BY t.campaign_id, t.kind, t.link_index
-LIMIT $2
 """
 
 
@@ -496,9 +511,10 @@ def recipient_args(recipient_id: str) -> tuple[object, ...]:
 
 
 def recipient(recipient_id: str, rows: Sequence[Record]) -> dict[str, Any]:
-    """GET /v1/recipients/{id}: per campaign, the recipient's opens and clicks (`engagement`: events,
-    human events, first / first person's / last event) and the links they clicked. `erased_at`
-    when the recipient was erased; `truncated` when there were more rows than one answer holds."""
+    """GET /v1/recipients/{id}: per campaign, the recipient's opens and clicks (`engagement`: first
+    and first person's event, kept with the rollups; events, human events and last event, from
+    the events still stored) and the links they clicked. `erased_at` when the recipient was
+    erased; `truncated` when there were more rows than one answer holds."""
     campaigns: dict[str, dict[str, Any]] = {}
     sent_at: dict[str, dt.datetime | None] = {}
     for r in rows[:RECIPIENT_MAX_ROWS]:
