@@ -66,8 +66,9 @@ def hot_rows(
     claims: list[tuple[int, bytes]] = []
     for i in range(distinct):
         if i % 4 == 3:
-            token = ring.sign_click(f"camp-{i % campaigns}", f"r-{i + offset:07d}", i % 8,
-                                    f"https://shop.example.com/item/{i}?utm=mail")
+            token = ring.sign_click(
+                f"camp-{i % campaigns}", f"r-{i + offset:07d}", i % 8, f"https://shop.example.com/item/{i}?utm=mail"
+            )
             claims.append((KIND_CLICK, ring.verify(token, KIND_CLICK) or b""))
         else:
             token = ring.sign_open(f"camp-{i % campaigns}", f"r-{i + offset:07d}")
@@ -195,7 +196,9 @@ async def _fresh(dsn: str, name: str) -> str:
     return dsn.rsplit("/", 1)[0] + "/" + name
 
 
-async def _all(dsn: str, events: int, batch_rows: int, recipients: int, writers: int) -> tuple[WriterResult, float, float]:
+async def _all(
+    dsn: str, events: int, batch_rows: int, recipients: int, writers: int
+) -> tuple[WriterResult, float, float]:
     one = await measure(await _fresh(dsn, "bench_one"), events, batch_rows, recipients)
     if writers <= 1:
         return one, one.events_per_s, one.events_per_s
@@ -216,8 +219,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_WRITER_EVENTS", "300000")))
     parser.add_argument("--batch-rows", type=int, default=5000)
-    parser.add_argument("--recipients", type=int, default=int(os.environ.get("BENCH_WRITER_RECIPIENTS", "60000")),
-                        help="distinct recipients (each one's first event in a campaign is a new unique)")
+    parser.add_argument(
+        "--recipients",
+        type=int,
+        default=int(os.environ.get("BENCH_WRITER_RECIPIENTS", "60000")),
+        help="distinct recipients (each one's first event in a campaign is a new unique)",
+    )
     parser.add_argument("--writers", type=int, default=int(os.environ.get("BENCH_WRITERS", "4")))
     args = parser.parse_args()
     dsn = os.environ.get("DATABASE_URL")
@@ -232,8 +239,10 @@ def main() -> None:
           f"({args.recipients:,} recipients over {args.events:,} events)")  # fmt: skip
     if args.writers > 1 and not dsn:
         ratio = many / single
-        print(f"{args.writers} writers at once into one campaign: {many:,.0f} events/s against {single:,.0f} "
-              f"for one = {ratio:.2f}x; {'PASS' if ratio >= 1.5 else 'MISS'}: >= 1.5x, no deadlock")
+        print(
+            f"{args.writers} writers at once into one campaign: {many:,.0f} events/s against {single:,.0f} "
+            f"for one = {ratio:.2f}x; {'PASS' if ratio >= 1.5 else 'MISS'}: >= 1.5x, no deadlock"
+        )
 
 
 if __name__ == "__main__":
