@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hmac
 import json
 import os
 import socket
 import time
+import uuid
 from typing import Annotated, Any, TypeVar
 
 import asyncpg
@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app import __version__
+from app import __version__, analytics
+from app.analytics import CampaignStats
 from app.rewrite_signer import click_url, open_url
 from app.services import Services
 from trackd_links.tokens import KeyRing, SigningError
@@ -99,22 +100,6 @@ class TrackingURLsResponse(BaseModel):
     honeypot_url: str | None = None
 
 
-class CampaignStats(BaseModel):
-    campaign_id: str
-    opens: int
-    unique_opens: int
-    clicks: int
-    unique_clicks: int
-    human_opens: int
-    human_unique_opens: int
-    human_clicks: int
-    human_unique_clicks: int
-    machine_opens: int
-    machine_clicks: int
-    first_at: float | None
-    last_at: float | None
-
-
 v1 = APIRouter(prefix="/v1")
 
 
@@ -145,12 +130,12 @@ def parse_json_body(raw: bytes, model: type[M]) -> M:
         raise RequestValidationError(errors) from None
 
 
-_BODY_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": TrackingURLsRequest.model_json_schema()}},
-    }
-}
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI body of a route that parses its own body (after the bearer check)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+_BODY_SCHEMA = _body_schema(TrackingURLsRequest)
 
 
 @v1.post(
@@ -206,28 +191,78 @@ def _honeypot_url(ring: KeyRing, body: TrackingURLsRequest, base: str) -> str:
     return click_url(base, token)
 
 
-_STATS_SQL = """
-SELECT
-  count(*) FILTER (WHERE kind = 'open') AS opens,
-  count(DISTINCT recipient_id) FILTER (WHERE kind = 'open') AS unique_opens,
-  count(*) FILTER (WHERE kind = 'click') AS clicks,
-  count(DISTINCT recipient_id) FILTER (WHERE kind = 'click') AS unique_clicks,
-  count(*) FILTER (WHERE kind = 'open' AND NOT is_machine) AS human_opens,
-  count(DISTINCT recipient_id) FILTER (WHERE kind = 'open' AND NOT is_machine) AS human_unique_opens,
-  count(*) FILTER (WHERE kind = 'click' AND NOT is_machine) AS human_clicks,
-  count(DISTINCT recipient_id) FILTER (WHERE kind = 'click' AND NOT is_machine) AS human_unique_clicks,
-  count(*) FILTER (WHERE kind = 'open' AND is_machine) AS machine_opens,
-  count(*) FILTER (WHERE kind = 'click' AND is_machine) AS machine_clicks,
-  extract(epoch FROM min(occurred_at))::float8 AS first_at,
-  extract(epoch FROM max(occurred_at))::float8 AS last_at
-FROM events WHERE campaign_id = $1
-"""
-
-
 @v1.get("/campaigns/{campaign_id}/stats", response_model=CampaignStats)
 async def campaign_stats(campaign_id: str, svc: Authorised) -> dict[str, Any]:
-    (row,) = await _fetch(svc, _STATS_SQL, _campaign(campaign_id))
-    return {"campaign_id": campaign_id, **dict(row)}
+    """A campaign's totals, uniques, rates, machine reasons and time to first open / click."""
+    return analytics.stats(campaign_id, await _fetch(svc, analytics.STATS_SQL, _campaign(campaign_id)))
+
+
+@v1.get("/campaigns/{campaign_id}/links")
+async def campaign_links(campaign_id: str, svc: Authorised) -> dict[str, Any]:
+    """Clicks and unique clickers per link, all and people only, ordered by link index."""
+    return analytics.links(campaign_id, await _fetch(svc, analytics.LINKS_SQL, _campaign(campaign_id)))
+
+
+@v1.get("/campaigns/{campaign_id}/series")
+async def campaign_series(
+    campaign_id: str,
+    svc: Authorised,
+    interval: Annotated[str, Query(description="minute, hour or day (UTC)")] = "hour",
+    since: Annotated[str | None, Query(description="unix seconds or ISO 8601, inclusive")] = None,
+    until: Annotated[str | None, Query(description="unix seconds or ISO 8601, exclusive; default now")] = None,
+) -> dict[str, Any]:
+    """Opens and clicks per bucket with data, and the uniques new in each (they add up)."""
+    window = analytics.series_window(interval, since, until, time.time())
+    rows = await _fetch(svc, window.interval.sql, *analytics.series_args(_campaign(campaign_id) or "", window))
+    return analytics.series(campaign_id, window, rows)
+
+
+@v1.post("/campaigns/{campaign_id}/sends", status_code=201,
+         openapi_extra=_body_schema(analytics.SendsReport))  # fmt: skip
+async def campaign_sends(campaign_id: str, request: Request, response: Response, svc: Authorised) -> dict[str, Any]:
+    """Record how many messages went out (the denominator of open_rate and click_rate); 200
+    instead of 201 when this report_id was recorded already."""
+    body = parse_json_body(await request.body(), analytics.SendsReport)
+    report_id = _text_id("report_id", body.report_id) or str(uuid.uuid4())
+    (row,) = await _fetch(svc, analytics.SENDS_SQL, _campaign(campaign_id), report_id, body.messages)
+    response.status_code = 201 if row["recorded"] else 200
+    return analytics.sends(campaign_id, report_id, row)
+
+
+@v1.get("/events")
+async def event_feed(
+    svc: Authorised,
+    campaign_id: Annotated[str | None, Query(max_length=255)] = None,
+    after: Annotated[str | None, Query(max_length=64, description="the `next` of the previous answer")] = None,
+    limit: Annotated[int | None, Query(description=f"default {analytics.FEED_DEFAULT_LIMIT}")] = None,
+) -> dict[str, Any]:
+    """Every event once, in the order of the transactions that inserted them; resume from `next`."""
+    position, count = analytics.decode_cursor(after), analytics.feed_limit(limit)
+    campaign = _campaign(campaign_id)
+    if campaign is None:
+        return analytics.feed(await _fetch(svc, analytics.FEED_SQL, str(position[0]), position[1], count), position,
+                              count)  # fmt: skip
+    # One campaign: its next batches, then their rows (app.analytics, FEED_CAMPAIGN_SQL).
+    batches = await _fetch(svc, analytics.FEED_BATCHES_SQL, *analytics.feed_batches_args(campaign, position, count))
+    rows = []
+    if batches:
+        args = analytics.feed_campaign_args(campaign, batches, position, count)
+        rows = await _fetch(svc, analytics.FEED_CAMPAIGN_SQL, *args)
+    return analytics.feed(rows, position, count, batches)
+
+
+@v1.get("/recipients/{recipient_id}")
+async def recipient(recipient_id: str, svc: Authorised) -> dict[str, Any]:
+    """A recipient's engagement with every campaign, and the links they clicked."""
+    rows = await _fetch(svc, analytics.RECIPIENT_SQL, *analytics.recipient_args(_recipient(recipient_id)))
+    return analytics.recipient(recipient_id, rows)
+
+
+@v1.delete("/recipients/{recipient_id}")
+async def erase_recipient(recipient_id: str, svc: Authorised) -> dict[str, Any]:
+    """Erase a recipient's events in every campaign and their part of every number."""
+    (row,) = await _fetch(svc, analytics.ERASE_SQL, _recipient(recipient_id))
+    return {"recipient_id": recipient_id, "erased_events": row["erased_events"]}
 
 
 MAX_SERIES_SECONDS = 3600
@@ -247,13 +282,6 @@ GROUP BY s.second ORDER BY s.second
 """
 
 
-def _instant(name: str, value: float | None, default: float) -> dt.datetime:
-    seconds = default if value is None else value
-    if not 0 <= seconds < 2**32:
-        raise APIError(422, "invalid_request", f"{name} must be unix seconds between 0 and 2^32")
-    return dt.datetime.fromtimestamp(int(seconds), dt.UTC)
-
-
 @v1.get("/interactions/per-second")
 async def per_second(
     svc: Authorised,
@@ -263,8 +291,8 @@ async def per_second(
 ) -> dict[str, Any]:
     """Opens and clicks per second (people and machines apart), every second of the range present
     (zeros where nothing happened), from `interactions_per_second`."""
-    end = _instant("until", until, time.time())
-    start = _instant("since", since, end.timestamp() - DEFAULT_SERIES_SECONDS + 1)
+    end = analytics.instant("until", until, time.time())
+    start = analytics.instant("since", since, end.timestamp() - DEFAULT_SERIES_SECONDS + 1)
     if start > end:
         raise APIError(422, "invalid_range", "since must not be after until")
     if (end - start).total_seconds() >= MAX_SERIES_SECONDS:
@@ -279,10 +307,18 @@ async def per_second(
 
 
 def _campaign(campaign_id: str | None) -> str | None:
+    return _text_id("campaign_id", campaign_id)
+
+
+def _recipient(recipient_id: str) -> str:
+    return _text_id("recipient_id", recipient_id) or ""
+
+
+def _text_id(name: str, value: str | None) -> str | None:
     # PostgreSQL text cannot hold NUL: refuse it here as bad input, not as a database failure.
-    if campaign_id is not None and ("\x00" in campaign_id or len(campaign_id.encode("utf-8", "replace")) > 255):
-        raise APIError(422, "invalid_request", "campaign_id must be at most 255 bytes, without NUL")
-    return campaign_id
+    if value is not None and ("\x00" in value or len(value.encode("utf-8", "replace")) > 255):
+        raise APIError(422, "invalid_request", f"{name} must be at most 255 bytes, without NUL")
+    return value
 
 
 async def _fetch(svc: Services, sql: str, *args: object) -> list[asyncpg.Record]:

@@ -22,6 +22,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__, dashboard, metrics_server
+from app.analytics import BadQuery
 from app.api import APIError, ASCIIJSONResponse, ops, v1
 from app.api_rewrite import rewrite_router
 from app.copyrows import RowEncoder
@@ -237,6 +238,11 @@ def create_app(settings: Settings | None = None) -> HotPath:
     @api.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return exc.response()
+
+    @api.exception_handler(BadQuery)
+    async def _bad_query(_: Request, exc: BadQuery) -> JSONResponse:
+        # app.analytics validates query parameters without importing the API (which imports it).
+        return APIError(exc.status, exc.code, str(exc)).response()
 
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

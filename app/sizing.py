@@ -19,17 +19,20 @@ DEFAULT_HEADROOM = 0.6
 # Zones the pods spread over (topologySpreadConstraints, maxSkew 1). The minimum is sized so that
 # losing any one of them leaves enough pods for the peak before the autoscaler has reacted.
 DEFAULT_ZONES = 3
-# WAL written per committed event row, PK index entry and record headers included. Measured on
-# the provisional run (docs/scaling.md): 539 bytes for a click with a 120-byte user agent.
-DEFAULT_WAL_BYTES_PER_ROW = 540
-# Disk per committed event: the row in its daily partition plus its entries in both indexes (the
-# primary key and events_campaign_idx), links v2 columns included. Measured by
-# tests/test_sizing.py::test_bytes_per_event_is_what_postgresql_stores on 2026-12-03: the
-# partitions' pg_total_relation_size over 20,000 click rows as the hot path makes them (113-byte
-# user agent, 40-byte URL) in the embedded PostgreSQL = 344.9 bytes; a 3:1 mix of opens and
-# clicks, 282 bytes. Clicks, the larger kind, are the planning figure; the test fails if it drifts
-# more than 15 %. Longer URLs and user agents cost their length (docs/scaling.md).
-DEFAULT_BYTES_PER_EVENT = 345
+# WAL written per committed event: the row, its index entries and what the trigger adds to the
+# rollups (migration 007). Measured by tests/test_sizing.py::test_bytes_per_event_is_what_postgresql_stores
+# on 2026-12-04: 589 bytes per click (120-byte user agent) written by the writer, recipients mostly
+# seen before. (540 before the rollups.) A campaign of first-time engagers writes more: each new
+# unique is a recipient_touch row.
+DEFAULT_WAL_BYTES_PER_ROW = 590
+# Disk per committed event: the row in its daily partition plus its entries in the indexes (the
+# primary key, the feed's (xid, id) and the hash on recipient_id; migration 007), links v2 columns
+# included. Measured by the same test on 2026-12-04: the partitions' pg_total_relation_size over
+# 20,000 click rows as the hot path makes them (113-byte user agent, 40-byte URL) in the embedded
+# PostgreSQL = 438.7 bytes (344.9 before migration 007). Clicks, the larger kind, are the planning
+# figure; the test fails if it drifts more than 15 %. Longer URLs and user agents cost their length
+# (docs/scaling.md). The rollups are per recipient, not per event (docs/analytics.md).
+DEFAULT_BYTES_PER_EVENT = 440
 # What one primary was measured to take comes from the bench (writer.events_per_s): the writer
 # alone, COPY through one connection (docs/benchmarks.md, "Results (`make bench`, 2026-11-28)":
 # 195,357 events/s). Above it the plan warns, naming the bench's date: docs/scaling.md, "Past one

@@ -224,6 +224,15 @@ async def test_serve_end_to_end_through_pgbouncer(bounced_url: str, fresh_databa
             stats = httpx.get(f"{srv.base_url}/v1/campaigns/{campaign}/stats", headers=headers, timeout=10).json()
             assert (stats["clicks"], stats["opens"], stats["unique_clicks"]) == (10, 10, 2)
             assert httpx.get(f"{srv.base_url}/readyz", timeout=5).status_code == 200
+            # The analytics reads (app.analytics) through the bouncer too: links, series, the feed.
+            with httpx.Client(base_url=srv.base_url, headers=headers, timeout=10) as http:
+                links = http.get(f"/v1/campaigns/{campaign}/links").json()["links"]
+                assert [(link["index"], link["clicks"], link["unique_clicks"]) for link in links] == [(0, 10, 2)]
+                series = http.get(f"/v1/campaigns/{campaign}/series", params={"interval": "minute"}).json()
+                assert sum(b["clicks"] for b in series["series"]) == 10
+                feed = http.get("/v1/events", params={"campaign_id": campaign, "limit": 15}).json()
+                rest = http.get("/v1/events", params={"campaign_id": campaign, "after": feed["next"]}).json()
+                assert len({e["id"] for e in feed["events"] + rest["events"]}) == 20
     finally:
         await conn.close()
         for srv in servers:

@@ -19,8 +19,9 @@ import asyncpg
 import httpx
 import pytest
 
-from app.api import _PER_SECOND_SQL, _STATS_SQL
-from app.db import create_pool, migrate, pending_migrations
+from app import analytics
+from app.api import _PER_SECOND_SQL
+from app.db import create_pool, migrate, migration_files, pending_migrations
 from app.events import EventIds, RawEvent
 from app.heartbeat import Heartbeat
 from app.journal import Journal
@@ -232,8 +233,19 @@ async def test_the_service_role_keeps_the_heartbeats(svc_writer: Writer, owner: 
 
 async def test_the_service_role_reads_what_the_api_reads(svc: asyncpg.Connection) -> None:
     await svc.execute("SET TIME ZONE 'UTC'")
-    (stats,) = await svc.fetch(_STATS_SQL, "roles-nothing")
-    assert stats["opens"] == 0
+    stats = analytics.stats("roles-nothing", await svc.fetch(analytics.STATS_SQL, "roles-nothing"))
+    assert stats["opens"] == 0 and stats["sent"] is None
+    assert await svc.fetch(analytics.LINKS_SQL, "roles-nothing") == []
+    window = analytics.series_window("minute", None, None, time.time())
+    assert await svc.fetch(window.interval.sql, *analytics.series_args("roles-nothing", window)) == []
+    start = analytics.START
+    await svc.fetch(analytics.FEED_SQL, str(start[0]), start[1], 10)
+    assert await svc.fetch(analytics.FEED_BATCHES_SQL, *analytics.feed_batches_args("roles-nothing", start, 10)) == []
+    (nobody,) = await svc.fetch(analytics.RECIPIENT_SQL, *analytics.recipient_args("roles-nobody"))
+    assert nobody["campaign_id"] is None
+    (sent,) = await svc.fetch(analytics.SENDS_SQL, "roles-sends", "r1", 5)
+    assert (sent["recorded"], sent["sent"]) == (1, 5)
+    assert await svc.fetchval(analytics.ERASE_SQL, "roles-nobody") == 0
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     assert len(await svc.fetch(_PER_SECOND_SQL, now - dt.timedelta(seconds=9), now, None)) == 10
     assert await pending_migrations(svc) == []
@@ -303,9 +315,8 @@ async def test_the_service_role_cannot_migrate(cluster: EmbeddedPostgres, owned:
     await run_as(admin, "CREATE DATABASE trackd_unmigrated OWNER trackd_owner")
     conn = await asyncpg.connect(dsn(cluster, "svc", "trackd_unmigrated"))
     try:
-        assert await pending_migrations(conn) == ["001_events", "002_per_second_and_dead_letters",
-                                                  "003_per_second_trigger", "004_links_v2", "005_roles",
-                                                  "006_writer_heartbeats"]  # fmt: skip
+        assert await pending_migrations(conn) == [name for name, _ in migration_files()]
+        assert len(migration_files()) >= 8
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await migrate(conn)
     finally:

@@ -54,8 +54,11 @@ async def revise(conn: asyncpg.Connection, events: list[Ev], verdicts: list[tupl
     return int(
         await conn.fetchval(
             "SELECT trackd_revise_verdicts($1, $2, $3, $4)",
-            [e.at for e in events], [e.id for e in events], [v[0] for v in verdicts], [v[1] for v in verdicts],
-        )  # fmt: skip
+            [e.at for e in events],
+            [e.id for e in events],
+            [v[0] for v in verdicts],
+            [v[1] for v in verdicts],
+        )
     )
 
 
@@ -91,7 +94,8 @@ async def test_drift_is_found_when_a_rollup_is_wrong(db: asyncpg.Connection) -> 
     await assert_exact(db)
     await db.execute(
         "UPDATE rollup_uniques SET human_uniques = human_uniques + 1"
-        " WHERE (campaign_id, kind, link_index, slot) IN (SELECT campaign_id, kind, link_index, slot FROM rollup_uniques LIMIT 1)"
+        " WHERE (campaign_id, kind, link_index, slot) IN"
+        " (SELECT campaign_id, kind, link_index, slot FROM rollup_uniques LIMIT 1)"
     )
     found = await drift(db)
     assert len(found) == 1 and found[0]["rollup"] == "uniques"
@@ -174,7 +178,9 @@ async def test_concurrent_writers_revisions_and_erasures_stay_exact(admin_dsn: s
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-async def test_random_histories_of_inserts_revisions_and_erasures_stay_exact(data: st.DataObject, admin_dsn: str) -> None:
+async def test_random_histories_of_inserts_revisions_and_erasures_stay_exact(
+    data: st.DataObject, admin_dsn: str
+) -> None:
     """The property: any sequence of batches (with repeats), revisions and erasures leaves every
     rollup equal to its recomputation from `events`."""
     seed = data.draw(st.integers(0, 2**32 - 1), label="seed")

@@ -182,7 +182,7 @@ def test_sizing_prints_the_new_figures(tmp_path: Path) -> None:
 # --- bytes per event, measured ---------------------------------------------------------------
 
 
-async def _bytes_per_event(dsn: str, events: int, *, clicks_only: bool) -> float:
+async def _bytes_per_event(dsn: str, events: int, *, clicks_only: bool, wal: list[float] | None = None) -> float:
     settings = Settings(database_url=dsn)
     pool = await create_pool(settings, dsn)
     try:
@@ -195,9 +195,14 @@ async def _bytes_per_event(dsn: str, events: int, *, clicks_only: bool) -> float
         made = hot_rows(RowEncoder(settings), events * 4 if clicks_only else events)
         rows = made[3::4] if clicks_only else made
         async with pool.acquire() as conn:
-            for at in range(0, events, 5000):  # TRACKD_BATCH_MAX_ROWS' default
+            await writer._write(conn, [Chunk(1, us, us, row) for row, us in rows[:1]], [], direct=True)  # the partition
+            lsn = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
+            for at in range(1, events, 5000):  # TRACKD_BATCH_MAX_ROWS' default
                 batch = [Chunk(1, us, us, row) for row, us in rows[at : at + 5000]]
                 await writer._write(conn, batch, [], direct=True)
+            if wal is not None:
+                written = await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1)", lsn)
+                wal.append(float(written) / (events - 1))
             count = await conn.fetchval("SELECT count(*) FROM events")
             size = await conn.fetchval(
                 "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('events') WHERE isleaf"
@@ -211,10 +216,14 @@ async def _bytes_per_event(dsn: str, events: int, *, clicks_only: bool) -> float
 def test_bytes_per_event_is_what_postgresql_stores(fresh_database_url: str) -> None:
     """Where DEFAULT_BYTES_PER_EVENT comes from: click rows as the hot path makes them (a 113-byte
     user agent, a 40-byte URL), written by the writer, measured as the partitions' total size
-    (heap, both indexes) over the row count. Opens are smaller (no URL): a mix costs less."""
-    clicks = asyncio.run(_bytes_per_event(fresh_database_url, 20_000, clicks_only=True))
-    print(f"bytes per click event: {clicks:.1f}")
+    (heap, its indexes) over the row count. Opens are smaller (no URL): a mix costs less. And
+    where DEFAULT_WAL_BYTES_PER_ROW comes from: the WAL the same writes make, the rollups kept by
+    the trigger included (hot_rows' 1,000 recipients: mostly repeat engagement)."""
+    wal: list[float] = []
+    clicks = asyncio.run(_bytes_per_event(fresh_database_url, 20_000, clicks_only=True, wal=wal))
+    print(f"bytes per click event: {clicks:.1f}; WAL per event: {wal[0]:.1f}")
     assert clicks == pytest.approx(sizing.DEFAULT_BYTES_PER_EVENT, rel=0.15), clicks
+    assert wal[0] == pytest.approx(sizing.DEFAULT_WAL_BYTES_PER_ROW, rel=0.25), wal[0]
 
 
 def test_a_mix_of_opens_and_clicks_stores_less_than_the_constant(fresh_database_url: str) -> None:

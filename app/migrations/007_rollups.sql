@@ -9,16 +9,20 @@
 --
 -- Exact uniques are additive through recipient_touch: one row per (campaign, kind, link,
 -- recipient) that engaged. A row that did not exist before the statement is exactly one new
--- unique; a row whose human_events went from 0 to more is one new human unique. Its time (the
--- first event, or the first human event) puts the unique in one minute and one hour of the series,
--- so buckets add up to the campaign's uniques.
+-- unique; a row whose first_human_at was NULL and is set now is one new human unique. Its time
+-- (the first event, or the first human event) puts the unique in one minute and one hour of the
+-- series, so buckets add up to the campaign's uniques. A recipient's later events change nothing
+-- in the row (the upsert's WHERE skips them: no new row version), so the common case, a recipient
+-- seen before, costs a lookup and no write.
 --
 -- Hot rows: many writers (one per pod) into one hot campaign would all update the same counter
--- rows and wait for each other. Every counter row carries a `slot` (the backend's pid modulo 8),
--- so concurrent writers mostly update different rows; readers sum over the slots (at most 8 rows
--- per key). recipient_touch rows are per recipient, so writers meet there only when they hold
--- events of the same recipient at the same moment. Every upsert is sorted by its key, so two
--- writers never take the same rows in different orders (no deadlock).
+-- rows and wait for each other until commit. Every counter row carries a `slot`, and each writing
+-- transaction takes a slot no other running transaction holds (trackd_take_slot: a transaction
+-- advisory lock per slot), so concurrent writers never update the same counter row; readers sum
+-- over the slots (rows exist only for slots that were used: about as many as writers ran at once).
+-- recipient_touch rows are per recipient, so writers meet there only when they hold events of
+-- the same recipient at the same moment. Every upsert is sorted by its key, so two writers never
+-- take the same rows in different orders (no deadlock).
 --
 -- Verdicts change (trackd_revise_verdicts), recipients are erased (trackd_erase_recipient), and
 -- every rollup follows; trackd_rollup_drift recomputes them all from `events` (`trackd verify`).
@@ -117,25 +121,21 @@ CREATE TABLE recipient_touch (
     kind           text        NOT NULL,
     link_index     int         NOT NULL,
     recipient_id   text        NOT NULL,
-    events         bigint      NOT NULL,
-    human_events   bigint      NOT NULL,
     first_at       timestamptz NOT NULL,
     first_human_at timestamptz,
-    last_at        timestamptz NOT NULL,
     sent_at        timestamptz,
-    -- What the row held before the last upsert: written by the trigger's ON CONFLICT DO UPDATE
-    -- so that its RETURNING can tell what changed (PostgreSQL 15 has no RETURNING old.*).
-    prev_events         bigint,
-    prev_human_events   bigint,
+    -- What the row held before the last upsert that changed it: written by the trigger's ON
+    -- CONFLICT DO UPDATE so that its RETURNING can tell what moved (PostgreSQL 15 has no
+    -- RETURNING old.*). Internal.
     prev_first_at       timestamptz,
     prev_first_human_at timestamptz,
     prev_sent_at        timestamptz,
     PRIMARY KEY (campaign_id, kind, link_index, recipient_id)
-) WITH (fillfactor = 80);
+) WITH (fillfactor = 90);
 CREATE INDEX recipient_touch_recipient_idx ON recipient_touch (recipient_id);
 COMMENT ON TABLE recipient_touch IS
-    'trackd: per campaign, kind, link (-1 = whole campaign) and recipient: events, human events, first / first human / last event time, earliest sent_at';
-COMMENT ON COLUMN recipient_touch.prev_events IS 'internal: the value before the last upsert (read nothing into it)';
+    'trackd: one row per campaign, kind, link (-1 = whole campaign) and recipient that engaged: first event, first human event (NULL: only machines so far), earliest sent_at';
+COMMENT ON COLUMN recipient_touch.prev_first_at IS 'internal: the value before the last change (read nothing into it)';
 
 -- The first URL and name seen for each link of a campaign (links are counted by index).
 CREATE TABLE campaign_links (
@@ -204,11 +204,63 @@ CREATE TABLE campaign_batches (
 COMMENT ON TABLE campaign_batches IS
     'trackd: the inserting transactions (events.xid) that hold events of each campaign, for the per-campaign event feed';
 
+-- A slot for this transaction's counter rows that no other running transaction has: the first of
+-- `first`, first+1, ... (of `count` slots) whose transaction advisory lock is free, starting at a
+-- place given by the backend, so that writers mostly find theirs at the first try. With more
+-- writers at once than slots, the last one is shared (they wait for each other, nothing worse).
+CREATE FUNCTION trackd_take_slot(first int, count int) RETURNS smallint
+LANGUAGE plpgsql AS $$
+DECLARE
+    start int := pg_backend_pid() % count;
+    k int;
+BEGIN
+    FOR i IN 0 .. count - 1 LOOP
+        k := first + (start + i) % count;
+        IF pg_try_advisory_xact_lock(hashtext('trackd_slot'), k) THEN
+            RETURN k;
+        END IF;
+    END LOOP;
+    RETURN k;
+END
+$$;
+
+-- interactions_per_second was itself a hot row: every writer's batch of a campaign upserted the
+-- same (second, campaign, kind, verdict) rows, so writers of one hot campaign waited for each
+-- other's commits (measured: most of four writers' time). Its rows get a slot too; readers sum.
+-- Writers from before migration 003 (which upserted these rows themselves on the old key) can no
+-- longer write to it: upgrade from them through a version with migrations 003..006 first.
+ALTER TABLE interactions_per_second ADD COLUMN slot smallint NOT NULL DEFAULT 0;
+ALTER TABLE interactions_per_second DROP CONSTRAINT interactions_per_second_pkey;
+ALTER TABLE interactions_per_second ADD PRIMARY KEY (second, campaign_id, kind, is_machine, slot);
+COMMENT ON COLUMN interactions_per_second.slot IS 'the writing transaction''s slot (no two running writers share one): sum over it';
+
+CREATE OR REPLACE FUNCTION trackd_count_per_second() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_slot smallint;
+BEGIN
+    IF current_setting('trackd.per_second', true) IS DISTINCT FROM 'trigger' THEN
+        RETURN NULL;
+    END IF;
+    v_slot := trackd_take_slot(0, 64);
+    INSERT INTO interactions_per_second AS t (second, campaign_id, kind, is_machine, slot, events, max_lag_ms)
+    SELECT date_trunc('second', occurred_at), campaign_id, kind, is_machine, v_slot, count(*),
+           least(2147483647, greatest(0, ceil(extract(epoch FROM clock_timestamp() - min(occurred_at)) * 1000)))::int
+    FROM inserted GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (second, campaign_id, kind, is_machine, slot) DO UPDATE
+    SET events = t.events + EXCLUDED.events, max_lag_ms = greatest(t.max_lag_ms, EXCLUDED.max_lag_ms);
+    RETURN NULL;
+END
+$$;
+-- With its owner's rights now (it takes a slot, which only trackd's own functions may).
+ALTER FUNCTION trackd_count_per_second() SECURITY DEFINER;
+
 -- The trigger: everything the rows of one INSERT or COPY add to the rollups, in one statement.
 CREATE FUNCTION trackd_rollup() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
-    v_slot smallint := pg_backend_pid() % 8;
+    -- Writers use slots 0..63 (revisions and erasures 64..71: never a row a writer holds).
+    v_slot smallint := trackd_take_slot(0, 64);
 BEGIN
     -- Erasure (trackd_erase_recipient) takes this lock exclusively: it waits for writers that
     -- already counted rows, and writers after it see its tombstone in the statements below.
@@ -229,35 +281,34 @@ BEGIN
                           WHERE r.recipient_id = i.recipient_id AND i.occurred_at <= r.erased_at)
     ),
     -- Each event counts for its campaign (-1) and, for a click, for its link.
+    -- Narrow: only what the groupings below need (a wide row costs in every scan of it).
     per_link AS (
-        SELECT ins.*, l.link AS link FROM ins
-        CROSS JOIN LATERAL (VALUES (-1), (ins.link_index)) AS l(link)
+        SELECT ins.campaign_id, ins.kind, l.link, ins.recipient_id, ins.occurred_at, ins.sent_at,
+               ins.is_machine, ins.reason
+        FROM ins CROSS JOIN LATERAL (VALUES (-1), (ins.link_index)) AS l(link)
         WHERE l.link IS NOT NULL
     ),
     batch AS (
-        SELECT campaign_id, kind, link, recipient_id,
-               count(*) AS n, count(*) FILTER (WHERE NOT is_machine) AS h,
-               min(occurred_at) AS first_at, min(occurred_at) FILTER (WHERE NOT is_machine) AS first_h,
-               max(occurred_at) AS last_at, min(sent_at) AS sent_at
+        SELECT campaign_id, kind, link, recipient_id, min(occurred_at) AS first_at,
+               min(occurred_at) FILTER (WHERE NOT is_machine) AS first_h, min(sent_at) AS sent_at
         FROM per_link GROUP BY 1, 2, 3, 4
     ),
     touch AS (
-        INSERT INTO recipient_touch AS t (campaign_id, kind, link_index, recipient_id, events, human_events,
-                                          first_at, first_human_at, last_at, sent_at)
-        SELECT campaign_id, kind, link, recipient_id, n, h, first_at, first_h, last_at, sent_at
+        INSERT INTO recipient_touch AS t (campaign_id, kind, link_index, recipient_id, first_at, first_human_at, sent_at)
+        SELECT campaign_id, kind, link, recipient_id, first_at, first_h, sent_at
         FROM batch ORDER BY campaign_id, kind, link, recipient_id
         ON CONFLICT (campaign_id, kind, link_index, recipient_id) DO UPDATE SET
-            prev_events = t.events, prev_human_events = t.human_events, prev_first_at = t.first_at,
-            prev_first_human_at = t.first_human_at, prev_sent_at = t.sent_at,
-            events = t.events + EXCLUDED.events,
-            human_events = t.human_events + EXCLUDED.human_events,
+            prev_first_at = t.first_at, prev_first_human_at = t.first_human_at, prev_sent_at = t.sent_at,
             first_at = least(t.first_at, EXCLUDED.first_at),
             first_human_at = least(t.first_human_at, EXCLUDED.first_human_at),
-            last_at = greatest(t.last_at, EXCLUDED.last_at),
             sent_at = least(t.sent_at, EXCLUDED.sent_at)
-        RETURNING t.campaign_id, t.kind, t.link_index, t.human_events, t.first_at,
-                  t.first_human_at, t.sent_at, t.prev_events, t.prev_human_events, t.prev_first_at,
-                  t.prev_first_human_at, t.prev_sent_at, (t.prev_events IS NULL) AS created
+        WHERE EXCLUDED.first_at < t.first_at
+           OR EXCLUDED.first_human_at < t.first_human_at
+           OR (t.first_human_at IS NULL AND EXCLUDED.first_human_at IS NOT NULL)
+           OR EXCLUDED.sent_at < t.sent_at
+           OR (t.sent_at IS NULL AND EXCLUDED.sent_at IS NOT NULL)
+        RETURNING t.campaign_id, t.kind, t.link_index, t.first_at, t.first_human_at, t.sent_at,
+                  t.prev_first_at, t.prev_first_human_at, t.prev_sent_at, (t.prev_first_at IS NULL) AS created
     ),
     -- Where each unique was counted before this statement and where it is counted now: +1 for a
     -- new place, -1 for the old one (an earlier event arrived late, or the first human event).
@@ -269,11 +320,11 @@ BEGIN
         WHERE NOT created AND (prev_first_at <> first_at OR prev_sent_at IS DISTINCT FROM sent_at)
         UNION ALL
         SELECT campaign_id, kind, link_index, first_human_at, sent_at, 0, 1 FROM touch
-        WHERE human_events > 0 AND (created OR prev_human_events = 0
+        WHERE first_human_at IS NOT NULL AND (created OR prev_first_human_at IS NULL
               OR prev_first_human_at <> first_human_at OR prev_sent_at IS DISTINCT FROM sent_at)
         UNION ALL
         SELECT campaign_id, kind, link_index, prev_first_human_at, prev_sent_at, 0, -1 FROM touch
-        WHERE NOT created AND prev_human_events > 0
+        WHERE NOT created AND prev_first_human_at IS NOT NULL
               AND (prev_first_human_at <> first_human_at OR prev_sent_at IS DISTINCT FROM sent_at)
     ),
     totals AS (
@@ -347,6 +398,8 @@ FOR EACH STATEMENT EXECUTE FUNCTION trackd_rollup();
 DO $do$
 BEGIN
     EXECUTE pg_catalog.format('ALTER FUNCTION trackd_rollup() SET search_path = pg_catalog, %I, pg_temp',
+                              pg_catalog.current_schema());
+    EXECUTE pg_catalog.format('ALTER FUNCTION trackd_count_per_second() SET search_path = pg_catalog, %I, pg_temp',
                               pg_catalog.current_schema());
 END
 $do$;

@@ -22,8 +22,8 @@ CREATE FUNCTION trackd_revise_verdicts(
 ) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
-    -- Slots 8..15: never the rows a writer (slots 0..7) holds while it waits for a touch row.
-    v_slot smallint := 8 + pg_backend_pid() % 8;
+    -- Slots 64..71: never a counter row a writer (slots 0..63) holds while it waits for a touch row.
+    v_slot smallint := trackd_take_slot(64, 8);
     v_changed bigint;
     k_campaign text[];
     k_kind text[];
@@ -119,31 +119,28 @@ BEGIN
         SELECT * FROM unnest(k_campaign, k_kind, k_link, k_recipient) AS k(campaign_id, kind, link_index, recipient_id)
     ),
     cur AS (
-        SELECT t.campaign_id, t.kind, t.link_index, t.recipient_id, t.human_events, t.first_human_at, t.sent_at,
-               f.h, f.fh
+        SELECT t.campaign_id, t.kind, t.link_index, t.recipient_id, t.first_human_at, t.sent_at, f.fh
         FROM recipient_touch t
         JOIN k ON t.campaign_id = k.campaign_id AND t.kind = k.kind AND t.link_index = k.link_index AND t.recipient_id = k.recipient_id
         CROSS JOIN LATERAL (
-            SELECT count(*) FILTER (WHERE NOT e.is_machine) AS h,
-                   min(e.occurred_at) FILTER (WHERE NOT e.is_machine) AS fh
+            SELECT min(e.occurred_at) FILTER (WHERE NOT e.is_machine) AS fh
             FROM events e
             WHERE e.recipient_id = k.recipient_id AND e.campaign_id = k.campaign_id AND e.kind = k.kind
               AND (k.link_index = -1 OR e.link_index = k.link_index)
         ) AS f
     ),
     touch AS (
-        UPDATE recipient_touch t SET human_events = c.h, first_human_at = c.fh
+        UPDATE recipient_touch t SET first_human_at = c.fh
         FROM cur c
         WHERE t.campaign_id = c.campaign_id AND t.kind = c.kind AND t.link_index = c.link_index AND t.recipient_id = c.recipient_id
         RETURNING c.*
     ),
     moves AS MATERIALIZED (
-        SELECT t.campaign_id, t.kind, t.link_index, m.at, t.sent_at AS sent, m.hu
-        FROM touch t CROSS JOIN LATERAL (VALUES
-            (t.first_human_at, -1, t.human_events > 0 AND (t.h = 0 OR t.fh <> t.first_human_at)),
-            (t.fh, 1, t.h > 0 AND (t.human_events = 0 OR t.fh <> t.first_human_at))
-        ) AS m(at, hu, keep)
-        WHERE m.keep
+        SELECT campaign_id, kind, link_index, first_human_at AS at, sent_at AS sent, -1 AS hu FROM touch
+        WHERE first_human_at IS NOT NULL AND fh IS DISTINCT FROM first_human_at
+        UNION ALL
+        SELECT campaign_id, kind, link_index, fh, sent_at, 1 FROM touch
+        WHERE fh IS NOT NULL AND fh IS DISTINCT FROM first_human_at
     ),
     uniques AS (
         INSERT INTO rollup_uniques AS r (campaign_id, kind, link_index, slot, uniques, human_uniques)
@@ -183,8 +180,8 @@ COMMENT ON FUNCTION trackd_revise_verdicts(timestamptz[], uuid[], boolean[], tex
 CREATE FUNCTION trackd_erase_recipient(p_recipient text) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
-    -- Slots 8..15: never the rows a writer (slots 0..7) holds while it waits for a touch row.
-    v_slot smallint := 8 + pg_backend_pid() % 8;
+    -- Slots 64..71: never a counter row a writer (slots 0..63) holds while it waits for a touch row.
+    v_slot smallint := trackd_take_slot(64, 8);
     v_events bigint;
 BEGIN
     -- Exclusive: waits for every writer that has already counted rows in a transaction still
@@ -213,13 +210,13 @@ BEGIN
     ),
     touch AS (
         DELETE FROM recipient_touch WHERE recipient_id = p_recipient
-        RETURNING campaign_id, kind, link_index, first_at, first_human_at, human_events, sent_at
+        RETURNING campaign_id, kind, link_index, first_at, first_human_at, sent_at
     ),
     moves AS MATERIALIZED (
         SELECT t.campaign_id, t.kind, t.link_index, m.at, t.sent_at AS sent, m.u, m.hu
         FROM touch t CROSS JOIN LATERAL (VALUES
             (t.first_at, -1, 0, true),
-            (t.first_human_at, 0, -1, t.human_events > 0)
+            (t.first_human_at, 0, -1, t.first_human_at IS NOT NULL)
         ) AS m(at, u, hu, keep)
         WHERE m.keep
     ),
@@ -322,8 +319,8 @@ LANGUAGE sql STABLE AS $$
     -- The touch rows: how many differ from the recipient's events is what matters.
     SELECT 'touch', t.campaign_id, concat_ws('/', t.kind, t.link, t.recipient_id), t.digest
     FROM (SELECT per_link.campaign_id, kind, link, recipient_id,
-                 hashtextextended(concat_ws('|', count(*), count(*) FILTER (WHERE NOT is_machine), min(occurred_at),
-                                            min(occurred_at) FILTER (WHERE NOT is_machine), max(occurred_at), min(sent_at)), 0) AS digest
+                 hashtextextended(format('%s|%s|%s', min(occurred_at), min(occurred_at) FILTER (WHERE NOT is_machine),
+                                         min(sent_at)), 0) AS digest
           FROM per_link GROUP BY 1, 2, 3, 4) t
 $$;
 
@@ -357,7 +354,7 @@ LANGUAGE sql STABLE AS $$
     CROSS JOIN LATERAL (VALUES ('all', t.u), ('human', t.hu)) AS v(w, n)
     UNION ALL
     SELECT 'touch', t.campaign_id, concat_ws('/', t.kind, t.link_index, t.recipient_id),
-           hashtextextended(concat_ws('|', events, human_events, first_at, first_human_at, last_at, sent_at), 0)
+           hashtextextended(format('%s|%s|%s', first_at, first_human_at, sent_at), 0)
     FROM recipient_touch t WHERE p_campaign IS NULL OR t.campaign_id = p_campaign
 $$;
 
@@ -422,6 +419,12 @@ BEGIN
                              'trackd_erase_recipient(text)', 'trackd_rebuild_rollups(text)'] LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp', f,
                                   pg_catalog.current_schema());
+    END LOOP;
+    -- Nothing of trackd's is executable by everyone (PUBLIC); trackd_apply_grants() says who may.
+    FOREACH f IN ARRAY ARRAY['trackd_revise_verdicts(timestamptz[], uuid[], boolean[], text[])',
+                             'trackd_erase_recipient(text)', 'trackd_rebuild_rollups(text)',
+                             'trackd_tto_bounds()', 'trackd_tto_bucket(interval)', 'trackd_rollup_expected(text)',
+                             'trackd_rollup_actual(text)', 'trackd_rollup_drift(text)', 'trackd_take_slot(integer, integer)'] LOOP
         EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;
 END
@@ -492,6 +495,15 @@ BEGIN
         -- Deferred verdicts and the erasure API (migration 008), with the owner's rights.
         GRANT EXECUTE ON FUNCTION trackd_revise_verdicts(timestamptz[], uuid[], boolean[], text[]) TO trackd_service;
         GRANT EXECUTE ON FUNCTION trackd_erase_recipient(text) TO trackd_service;
+    END IF;
+    -- Read-only helpers (they run with the caller's rights): the time-to-first buckets, and the
+    -- recomputation of the rollups from events (`trackd verify` as either role).
+    FOREACH r IN ARRAY ARRAY['trackd_service', 'trackd_reader'] LOOP
+        CONTINUE WHEN to_regrole(r) IS NULL;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION trackd_tto_bounds(), trackd_tto_bucket(interval),'
+                       ' trackd_rollup_expected(text), trackd_rollup_actual(text), trackd_rollup_drift(text) TO %I', r);
+    END LOOP;
+    IF to_regrole('trackd_service') IS NOT NULL THEN
         -- A role that may create objects in trackd's schema could plant functions or tables that
         -- trackd's own code would pick up (PostgreSQL 14 and older grant CREATE on public to PUBLIC).
         IF has_schema_privilege('trackd_service', current_schema(), 'CREATE') THEN
