@@ -371,7 +371,7 @@ async def test_verify_shows_50_lines_then_counts(lifecycle_db: Any) -> None:
 
     url, conn = lifecycle_db
     await insert(conn, _made_up(campaigns=1, recipients=60))
-    await conn.execute("UPDATE recipient_touch SET events = events + 1")
+    await conn.execute("UPDATE recipient_touch SET first_at = first_at - interval '1 second'")
     wrong = run_cli("verify", env={"DATABASE_URL": url})
     assert wrong.returncode == 1
     lines = wrong.stdout.splitlines()
