@@ -451,7 +451,8 @@ class SendsReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    messages: int = Field(ge=0, lt=2**63, description="messages sent in this report")
+    # At most a trillion a report: the sum of many must still fit a bigint (no 503 for a typo).
+    messages: int = Field(ge=0, le=10**12, description="messages sent in this report (at most 10^12)")
     report_id: str | None = Field(default=None, min_length=1, max_length=255,
                                   description="the sender's id of this report; default a new one")  # fmt: skip
 

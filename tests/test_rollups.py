@@ -216,3 +216,64 @@ async def test_rebuild_makes_the_same_rollups_again(db: asyncpg.Connection) -> N
     assert await db.fetch("SELECT * FROM trackd_rollup_actual('c0') ORDER BY 1, 2, 3") == before
     # The events keep their place in the feed.
     assert await db.fetch("SELECT xid, id FROM events WHERE campaign_id = 'c0' ORDER BY xid, id") == feed_before
+
+
+async def test_revisions_and_erasures_on_separate_connections_never_deadlock(admin_dsn: str) -> None:
+    """An erasure locks a recipient's touch rows, then deletes their events; a revision locks
+    events, then touch rows: run side by side on the same recipients, neither may deadlock."""
+    url = await create_database(admin_dsn)
+    setup = await asyncpg.connect(url)
+    await migrate(setup)
+    rnd = random.Random(13)
+    events = made_up(rnd, 3000, campaigns=2, recipients=8)
+    await insert(setup, events)
+    reviser, eraser = await asyncpg.connect(url), await asyncpg.connect(url)
+
+    async def revise_all() -> None:
+        for _ in range(40):
+            pick = rnd.sample(events, 200)
+            await revise(reviser, pick, [(rnd.random() < 0.5, "burst") for _ in pick])
+
+    async def erase_some() -> None:
+        for n in range(8):
+            await eraser.execute("SELECT trackd_erase_recipient($1)", f"r{n}")
+            await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.gather(revise_all(), erase_some())
+        await assert_exact(setup)
+    finally:
+        for c in (reviser, eraser, setup):
+            await c.close()
+
+
+async def test_a_revision_keeps_a_first_human_event_retention_dropped(db: asyncpg.Connection) -> None:
+    """The day of a recipient's first human open is gone (retention); revising their later
+    machine open to a person's and back must not move, nor lose, that first human open."""
+    old = Ev("c", "open", "alice", None, BASE, BASE - dt.timedelta(seconds=30), False, None)
+    later = Ev(
+        "c", "open", "alice", None, BASE + dt.timedelta(days=2), BASE - dt.timedelta(seconds=30), True, "prefetch"
+    )
+    await insert(db, [old, later])
+    await db.execute(f"DROP TABLE events_{BASE:%Y%m%d}")  # as trackd prune does, after detaching it
+    before = await db.fetch("SELECT * FROM trackd_rollup_actual('c') WHERE rollup <> 'totals' ORDER BY 1, 2, 3")
+    await revise(db, [later], [(False, None)])
+    await revise(db, [later], [(True, "prefetch")])
+    assert await db.fetch("SELECT * FROM trackd_rollup_actual('c') WHERE rollup <> 'totals' ORDER BY 1, 2, 3") == before
+    assert await stats(db, "c") == {"open_u": 1, "open_h": 1}
+    # And the campaign cannot be rebuilt from what is left.
+    with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError):
+        await db.execute("SELECT trackd_rebuild_rollups('c')")
+
+
+async def test_verify_works_with_a_default_partition(db: asyncpg.Connection) -> None:
+    await insert(db, made_up(random.Random(4), 100))
+    await db.execute("CREATE TABLE events_default PARTITION OF events DEFAULT")
+    await assert_exact(db)
+
+
+async def test_a_batch_across_midnight_is_kept_for_the_feed_until_its_last_day_goes(db: asyncpg.Connection) -> None:
+    midnight = dt.datetime(2026, 11, 21, tzinfo=dt.UTC)
+    await insert(db, [Ev("c", "open", f"r{i}", None, midnight + dt.timedelta(seconds=s), None, False, None)
+                      for i, s in enumerate((-5, 5))])  # fmt: skip
+    assert await db.fetchval("SELECT day FROM campaign_batches WHERE campaign_id = 'c'") == midnight.date()

@@ -188,13 +188,15 @@ COMMENT ON COLUMN events.xid IS
 -- is cheaper to keep than a B-tree for a key looked up only by equality.
 -- A campaign's part of the feed is found through campaign_batches (below), not an index per
 -- campaign: every index on events costs the writer, and this one cost about a fifth.
-DROP INDEX events_campaign_idx;
+-- (events_campaign_idx itself is dropped at the end of migration 008, after the rollups of rows
+-- already stored were built campaign by campaign through it.)
 CREATE INDEX events_feed_idx ON events (xid, id);
 CREATE INDEX events_recipient_idx ON events USING hash (recipient_id);
 
 -- Which inserting transactions (batches) hold events of which campaign: one row per campaign per
 -- batch, written by the trigger. A campaign's feed reads its next batches here, then their rows
--- through events_feed_idx. Pruned with the partitions (retention).
+-- through events_feed_idx. `day` is the batch's last day (UTC): the row goes when retention has
+-- dropped every day the batch has events on.
 CREATE TABLE campaign_batches (
     campaign_id text        NOT NULL,
     xid         xid8        NOT NULL,
@@ -204,18 +206,31 @@ CREATE TABLE campaign_batches (
 COMMENT ON TABLE campaign_batches IS
     'trackd: the inserting transactions (events.xid) that hold events of each campaign, for the per-campaign event feed';
 
--- A slot for this transaction's counter rows that no other running transaction has: the first of
--- `first`, first+1, ... (of `count` slots) whose transaction advisory lock is free, starting at a
--- place given by the backend, so that writers mostly find theirs at the first try. With more
--- writers at once than slots, the last one is shared (they wait for each other, nothing worse).
+-- The start of the oldest day `events` still stores (NULL: none). Only trackd's daily partitions
+-- count (a DEFAULT partition, or another made by hand, has no day). What retention dropped before
+-- it can no longer be recounted: revisions keep what the rollups hold of it, verify leaves out
+-- campaigns that reach back there, and a rebuild refuses them.
+CREATE FUNCTION trackd_oldest_stored() RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT min(split_part(b.bound, '''', 2)::timestamptz)
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    CROSS JOIN LATERAL (SELECT pg_get_expr(c.relpartbound, c.oid) AS bound) b
+    WHERE i.inhparent = 'events'::regclass
+      AND b.bound ~ '^FOR VALUES FROM \(''[^'']*''\) TO \(''[^'']*''\)$'
+$$;
+
+-- A slot for this transaction's counter rows that no other running transaction has: the lowest
+-- of `first`, first+1, ... (of `count` slots) whose transaction advisory lock is free. The lowest,
+-- so that a key's rows stay as few as the writers that ever ran at once (readers sum them), not
+-- spread over every slot as processes come and go. With more writers at once than slots, the
+-- last one is shared (they wait for each other, nothing worse).
 CREATE FUNCTION trackd_take_slot(first int, count int) RETURNS smallint
 LANGUAGE plpgsql AS $$
 DECLARE
-    start int := pg_backend_pid() % count;
     k int;
 BEGIN
     FOR i IN 0 .. count - 1 LOOP
-        k := first + (start + i) % count;
+        k := first + i;
         IF pg_try_advisory_xact_lock(hashtext('trackd_slot'), k) THEN
             RETURN k;
         END IF;
@@ -373,9 +388,9 @@ BEGIN
         ON CONFLICT (campaign_id, link_index) DO NOTHING
     ),
     batches AS (
-        INSERT INTO campaign_batches (campaign_id, xid, day)
-        SELECT campaign_id, xid, min(occurred_at)::date FROM ins GROUP BY 1, 2 ORDER BY 1, 2
-        ON CONFLICT (campaign_id, xid) DO NOTHING
+        INSERT INTO campaign_batches AS b (campaign_id, xid, day)
+        SELECT campaign_id, xid, (max(occurred_at) AT TIME ZONE 'UTC')::date FROM ins GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (campaign_id, xid) DO UPDATE SET day = greatest(b.day, EXCLUDED.day)
     )
     INSERT INTO rollup_time_to_first AS r (campaign_id, kind, bucket, slot, recipients, human_recipients)
     SELECT campaign_id, kind, trackd_tto_bucket(at - sent), v_slot, sum(u), sum(hu)

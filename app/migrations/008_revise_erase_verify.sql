@@ -29,7 +29,11 @@ DECLARE
     k_kind text[];
     k_link int[];
     k_recipient text[];
+    v_oldest timestamptz := trackd_oldest_stored();
 BEGIN
+    -- As writers do: an erasure (which locks touch rows, then events) waits for this one, which
+    -- locks events, then touch rows; the two never hold each other's rows.
+    PERFORM pg_advisory_xact_lock_shared(hashtext('trackd_erasure'));
     -- 1. The events, locked, changed; totals and human events per minute follow.
     WITH want AS (
         SELECT DISTINCT ON (w.occurred_at, w.id) w.occurred_at, w.id, w.is_machine,
@@ -119,7 +123,9 @@ BEGIN
         SELECT * FROM unnest(k_campaign, k_kind, k_link, k_recipient) AS k(campaign_id, kind, link_index, recipient_id)
     ),
     cur AS (
-        SELECT t.campaign_id, t.kind, t.link_index, t.recipient_id, t.first_human_at, t.sent_at, f.fh
+        -- A first human event on a day retention dropped cannot be recounted: it stays.
+        SELECT t.campaign_id, t.kind, t.link_index, t.recipient_id, t.first_human_at, t.sent_at,
+               CASE WHEN t.first_human_at < v_oldest THEN t.first_human_at ELSE f.fh END AS fh
         FROM recipient_touch t
         JOIN k ON t.campaign_id = k.campaign_id AND t.kind = k.kind AND t.link_index = k.link_index AND t.recipient_id = k.recipient_id
         CROSS JOIN LATERAL (
@@ -364,11 +370,7 @@ $$;
 CREATE FUNCTION trackd_rollup_drift(p_campaign text)
 RETURNS TABLE (rollup text, campaign_id text, key text, expected bigint, actual bigint)
 LANGUAGE sql STABLE AS $$
-    WITH oldest AS (
-        SELECT min(pg_catalog.split_part(pg_catalog.pg_get_expr(c.relpartbound, c.oid), '''', 2)::timestamptz) AS at
-        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-        WHERE i.inhparent = 'events'::regclass
-    ),
+    WITH oldest AS (SELECT trackd_oldest_stored() AS at),
     cut AS (
         SELECT DISTINCT h.campaign_id FROM rollup_hours h, oldest
         WHERE (p_campaign IS NULL OR h.campaign_id = p_campaign)
@@ -391,6 +393,11 @@ COMMENT ON FUNCTION trackd_rollup_drift(text) IS
 CREATE FUNCTION trackd_rebuild_rollups(p_campaign text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
+    IF EXISTS (SELECT 1 FROM rollup_hours WHERE campaign_id = p_campaign
+               AND bucket < date_trunc('hour', coalesce(trackd_oldest_stored(), '-infinity'))) THEN
+        RAISE EXCEPTION 'trackd: campaign % has rollups from days retention dropped; a rebuild from the events left would lose them', p_campaign
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
     PERFORM pg_advisory_xact_lock(hashtext('trackd_erasure'));
     DELETE FROM rollup_totals WHERE campaign_id = p_campaign;
     DELETE FROM rollup_uniques WHERE campaign_id = p_campaign;
@@ -424,7 +431,8 @@ BEGIN
     FOREACH f IN ARRAY ARRAY['trackd_revise_verdicts(timestamptz[], uuid[], boolean[], text[])',
                              'trackd_erase_recipient(text)', 'trackd_rebuild_rollups(text)',
                              'trackd_tto_bounds()', 'trackd_tto_bucket(interval)', 'trackd_rollup_expected(text)',
-                             'trackd_rollup_actual(text)', 'trackd_rollup_drift(text)', 'trackd_take_slot(integer, integer)'] LOOP
+                             'trackd_rollup_actual(text)', 'trackd_rollup_drift(text)', 'trackd_take_slot(integer, integer)',
+                             'trackd_oldest_stored()'] LOOP
         EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;
 END
@@ -432,6 +440,9 @@ $do$;
 
 -- Events recorded before migration 007 have no rollups yet: count them now.
 SELECT trackd_rebuild_rollups(c.campaign_id) FROM (SELECT DISTINCT campaign_id FROM events) c;
+-- Reads go to the rollups now; the campaign index served the old stats query and the rebuild
+-- above. Every index on events costs the writer (this one about a fifth).
+DROP INDEX events_campaign_idx;
 
 INSERT INTO trackd_grants (role, relation, privileges, why) VALUES
     ('trackd_service', 'rollup_totals', 'SELECT', 'the stats and links API; written only by the trigger and functions (owner''s rights)'),
@@ -501,7 +512,8 @@ BEGIN
     FOREACH r IN ARRAY ARRAY['trackd_service', 'trackd_reader'] LOOP
         CONTINUE WHEN to_regrole(r) IS NULL;
         EXECUTE format('GRANT EXECUTE ON FUNCTION trackd_tto_bounds(), trackd_tto_bucket(interval),'
-                       ' trackd_rollup_expected(text), trackd_rollup_actual(text), trackd_rollup_drift(text) TO %I', r);
+                       ' trackd_rollup_expected(text), trackd_rollup_actual(text), trackd_rollup_drift(text),'
+                       ' trackd_oldest_stored() TO %I', r);
     END LOOP;
     IF to_regrole('trackd_service') IS NOT NULL THEN
         -- A role that may create objects in trackd's schema could plant functions or tables that
