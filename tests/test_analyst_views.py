@@ -5,8 +5,10 @@ erasure, every view says what the events say; and no view but human_events reads
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -237,20 +239,35 @@ async def test_a_recipients_only_human_open_judged_a_machine(db: asyncpg.Connect
     await assert_views_match_events(db)
 
 
+def scans(plan: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(table, index condition) of every scan of a table in a plan; a bitmap heap scan's
+    condition is its bitmap index scan's."""
+    cond = plan.get("Index Cond", "")
+    for child in plan.get("Plans", []):
+        if plan["Node Type"] == "Bitmap Heap Scan" and child["Node Type"] == "Bitmap Index Scan":
+            cond = child.get("Index Cond", "")
+        else:
+            yield from scans(child)
+    if "Relation Name" in plan:
+        yield plan["Relation Name"], cond
+
+
 @pytest.mark.parametrize(
-    ("view", "where"),
-    [(v, "campaign_id = 'c0'") for v in VIEWS if v not in ("human_events", "recipient_engagement")]
-    + [("recipient_engagement", "recipient_id = 'r3'"), ("recipient_engagement", "campaign_id = 'c0'")],
+    ("view", "column"),
+    [(v, "campaign_id") for v in VIEWS if v != "human_events"] + [("recipient_engagement", "recipient_id")],
 )
-async def test_no_view_but_human_events_reads_events(db: asyncpg.Connection, view: str, where: str) -> None:
+async def test_no_view_but_human_events_reads_events(db: asyncpg.Connection, view: str, column: str) -> None:
+    """For one campaign (one recipient), every table a view reads is read through an index on
+    that campaign (recipient): the cost does not grow with other campaigns or with `events`.
+    Sequential scans are forbidden: on these tiny tables the planner would prefer them."""
     await insert(db, made_up(random.Random(1), 200))
-    plan = "\n".join(r[0] for r in await db.fetch(f"EXPLAIN SELECT * FROM {view} WHERE {where}"))
-    assert "events_2" not in plan and " on events" not in plan.lower(), plan
-    # The condition reaches the rollup tables' indexes: no sequential scan of a rollup either,
-    # once the planner knows they are big (it prefers a scan of tiny tables; forbid that).
     await db.execute("SET enable_seqscan = off")
     try:
-        plan = "\n".join(r[0] for r in await db.fetch(f"EXPLAIN SELECT * FROM {view} WHERE {where}"))
+        (plan,) = json.loads(await db.fetchval(f"EXPLAIN (FORMAT JSON) SELECT * FROM {view} WHERE {column} = 'c0'"))
     finally:
         await db.execute("RESET enable_seqscan")
-    assert "Seq Scan" not in plan, plan
+    read = list(scans(plan["Plan"]))
+    assert read, plan
+    for table, cond in read:
+        assert not table.startswith("events"), (view, table)
+        assert column in cond, (view, table, cond)

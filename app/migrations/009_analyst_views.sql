@@ -11,8 +11,13 @@
 -- commit of the events they count. They run with their owner's rights, so trackd_reader needs
 -- SELECT on the views only.
 
+-- Each part is referenced once, so PostgreSQL inlines it and a condition on campaign_id reaches
+-- every table's primary key (a part referenced twice would be computed for every campaign first).
 CREATE VIEW campaign_summary AS
-WITH totals AS (
+WITH campaigns AS (
+    SELECT campaign_id FROM rollup_totals UNION SELECT campaign_id FROM campaign_sends
+),
+totals AS (
     SELECT campaign_id,
            sum(events) FILTER (WHERE kind = 'open') AS opens,
            sum(events) FILTER (WHERE kind = 'open' AND NOT is_machine) AS human_opens,
@@ -37,9 +42,6 @@ uniq AS (
 ),
 sends AS (
     SELECT campaign_id, sum(messages) AS sent FROM campaign_sends GROUP BY campaign_id
-),
-campaigns AS (
-    SELECT campaign_id FROM totals UNION SELECT campaign_id FROM sends
 ),
 n AS (
     SELECT c.campaign_id,
