@@ -1,6 +1,6 @@
 # trackd: `make run` serves on an embedded PostgreSQL; `make test` runs the whole suite;
-# `make bench` / `bench-soak` / `bench-growth` / `bench-writer` / `bench-fleet` / `bench-rewrite` /
-# `loadtest` measure it (docs/benchmarks.md).
+# `make bench` / `bench-soak` / `bench-growth` / `bench-writer` / `bench-stats` / `bench-fleet` /
+# `bench-rewrite` / `loadtest` measure it (docs/benchmarks.md).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +8,7 @@ PIP    := $(BIN)/pip --disable-pip-version-check --no-input
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-fast test-pythons typecheck lint deps-debian need-wrk constraints sizing clean \
-	bench bench-soak bench-growth bench-writer bench-fleet bench-rewrite bench-profile bench-hostile loadtest
+	bench bench-soak bench-growth bench-writer bench-stats bench-fleet bench-rewrite bench-profile bench-hostile loadtest
 
 # Debian packages the tests drive, as command:package. Installed with apt-get when we are root;
 # otherwise make stops and names them. chromium: tests/test_dashboard.py; promtool (package
@@ -141,6 +141,12 @@ bench-hostile: $(STAMP) need-wrk
 
 bench-writer: $(STAMP)
 	$(BIN)/python -m loadtests.bench_writer
+
+# The read side at size (issue 13): a campaign of BENCH_STATS_EVENTS (10M) events built through the
+# writer, then stats / links / series / feed p50 and p99 and the docs/analytics.md cookbook queries;
+# docs/bench/stats.json. BENCH_STATS_EVENTS=200000 for a dry run of about a minute.
+bench-stats: $(STAMP)
+	$(BIN)/python -m loadtests.bench_stats
 
 # Many pods, one primary: BENCH_FLEET (4) trackd processes with their own journals against one
 # PostgreSQL, all under load at once, then one process; docs/bench/fleet.json (docs/scaling.md).

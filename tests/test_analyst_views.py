@@ -15,6 +15,7 @@ import pytest
 
 from app.db import migrate
 from tests.conftest import create_database
+from loadtests.bench_stats import bind, cookbook
 from tests.rollup_support import BASE, REASONS, Ev, assert_exact, insert
 
 VIEWS = ("campaign_summary", "link_summary", "campaign_hourly", "campaign_daily", "time_to_first",
@@ -271,3 +272,25 @@ async def test_no_view_but_human_events_reads_events(db: asyncpg.Connection, vie
     for table, cond in read:
         assert not table.startswith("events"), (view, table)
         assert column in cond, (view, table, cond)
+
+
+async def test_every_cookbook_query_of_the_docs_runs(db: asyncpg.Connection) -> None:
+    """docs/analytics.md's `-- cookbook:` queries, with psql's :'campaign' and :'recipient' bound,
+    run and answer (the same extraction `make bench-stats` times)."""
+    events = made_up(random.Random(5), 800)
+    await insert(db, events)
+    queries = cookbook()
+    assert len(queries) >= 10, sorted(queries)
+    for name, sql in queries.items():
+        rows = await db.fetch(bind(sql, "c0", "r3"))
+        assert rows, name
+    # The approximate median lands in the bucket that holds the middle recipient.
+    median = await db.fetchrow(bind(queries["approximate median time to first open"], "c0", "r3"))
+    hist = await db.fetch("SELECT label, human_recipients FROM time_to_first"
+                          " WHERE campaign_id = 'c0' AND kind = 'open' ORDER BY bucket")  # fmt: skip
+    total, upto = sum(r["human_recipients"] for r in hist), 0
+    for r in hist:
+        upto += r["human_recipients"]
+        if upto >= total / 2:
+            assert median["median_bucket"] == r["label"]
+            break
