@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -73,7 +72,7 @@ _PEOPLE = [
     b"Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
     b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
     b"Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
-    b"Mozilla/5.0 (Macintosh; Intel Mac OS X 14_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15",
+    b"Mozilla/5.0 (Macintosh; Intel Mac OS X 14_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1",
 ]
 _APPLE = b"Mozilla/5.0"
 _SCANNER = b"Mozilla/5.0 (compatible; Barracuda Sentinel URL Scanner)"
@@ -173,6 +172,7 @@ class Build:
     writer_seconds: float
     generate_seconds: float
     drift_rows: int | None  # trackd_rollup_drift rows (None: not run, too big)
+    sample_recipient: str  # one who opened and clicked: the recipient queries' argument
 
     @property
     def writer_events_per_s(self) -> float:
@@ -218,9 +218,15 @@ async def build(dsn: str, c: Campaign, verify: bool) -> Build:
                 CAMPAIGN,
             )
             assert people is not None
+            sample = await conn.fetchval(
+                "SELECT c.recipient_id FROM recipient_touch c JOIN recipient_touch o ON o.campaign_id = c.campaign_id"
+                " AND o.kind = 'open' AND o.link_index = -1 AND o.recipient_id = c.recipient_id"
+                " WHERE c.campaign_id = $1 AND c.kind = 'click' AND c.link_index = -1 LIMIT 1",
+                CAMPAIGN,
+            )
             drift = len(await conn.fetch("SELECT * FROM trackd_rollup_drift($1)", CAMPAIGN)) if verify else None
     await pool.close()
-    return Build(c.events, rows, recipients, writer_s, generate_s, drift)
+    return Build(c.events, rows, recipients, writer_s, generate_s, drift, sample)
 
 
 # -- measuring ---------------------------------------------------------------------------------------
@@ -236,8 +242,10 @@ class Timing:
 
     @property
     def passed(self) -> bool:
-        return self.p50_ms is not None and self.p99_ms is not None and (
-            self.p50_ms < P50_TARGET_MS and self.p99_ms < P99_TARGET_MS
+        return (
+            self.p50_ms is not None
+            and self.p99_ms is not None
+            and (self.p50_ms < P50_TARGET_MS and self.p99_ms < P99_TARGET_MS)
         )
 
     def line(self) -> str:
@@ -320,6 +328,7 @@ def cookbook(path: Path = COOKBOOK) -> dict[str, str]:
 
 def bind(sql: str, campaign: str, recipient: str) -> str:
     """psql's :'campaign' and :'recipient' as SQL literals."""
+
     def literal(value: str) -> str:
         return "'" + value.replace("'", "''") + "'"
 
@@ -350,27 +359,45 @@ def run(events: int, requests: int, queries: int, budget_s: float, out: Path | N
     c = Campaign(events, max(1, events // 5), now - dt.timedelta(hours=48))
     root = Path(os.environ.get("BENCH_STATS_TRACKD_ROOT", str(ROOT)))
     verify = events <= 1_000_000 or os.environ.get("BENCH_STATS_VERIFY") == "1"
+    # BENCH_STATS_DIR keeps the database: a second run with the same size measures again
+    # without building (another server, BENCH_STATS_TRACKD_ROOT, on the same data).
+    kept = os.environ.get("BENCH_STATS_DIR")
     with tempfile.TemporaryDirectory(prefix="trackd-bench-stats-") as tmp:
-        pg = harness.start_postgres(Path(tmp) / "pg")
+        work = Path(kept) if kept else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        saved = work / "build.json"
+        pg = harness.start_postgres(work / "pg")
         try:
-            print(f"building {events:,} events, {c.recipients:,} recipients, through the writer ...", flush=True)
-            built = asyncio.run(build(pg.dsn, c, verify))
+            if saved.exists() and json.loads(saved.read_text())["campaign"]["events"] == events:
+                state = json.loads(saved.read_text())
+                base = dt.datetime.fromisoformat(state["campaign"]["base"])
+                c = Campaign(events, state["campaign"]["recipients"], base)
+                built = Build(**state["build"])
+                print(f"reusing the {events:,} events built in {work}", flush=True)
+            else:
+                print(f"building {events:,} events, {c.recipients:,} recipients, through the writer ...", flush=True)
+                built = asyncio.run(build(pg.dsn, c, verify))
+                saved.write_text(json.dumps({"campaign": {"events": events, "recipients": c.recipients,
+                                                          "base": c.base.isoformat()},
+                                             "build": asdict(built)}))  # fmt: skip
             lines = [
                 f"build: {built.rows:,} rows ({built.recipients_with_events:,} recipients with events) in"
                 f" {built.writer_seconds:.1f} s of writer time = {built.writer_events_per_s:,.0f} events/s with"
                 f" every rollup (generating rows and the journal: {built.generate_seconds:.1f} s more)",
-                "rollups exact (trackd_rollup_drift empty)" if built.drift_rows == 0
-                else f"rollup drift rows: {built.drift_rows}" if built.drift_rows is not None
+                "rollups exact (trackd_rollup_drift empty)"
+                if built.drift_rows == 0
+                else f"rollup drift rows: {built.drift_rows}"
+                if built.drift_rows is not None
                 else "rollup drift not checked at this size (BENCH_STATS_VERIFY=1 does)",
             ]
             print("\n".join(lines), flush=True)
-            server = harness.start_trackd(pg.dsn, Path(tmp), root=root)
+            server = harness.start_trackd(pg.dsn, work / "serve", root=root)
             try:
                 _report_sends(server.base_url, pg.dsn, c)
                 timings = measure_http(server.base_url, c, requests, budget_s)
             finally:
                 server.stop()
-            timings += asyncio.run(measure_sql(pg.dsn, queries, "r-0000042"))
+            timings += asyncio.run(measure_sql(pg.dsn, queries, built.sample_recipient))
         finally:
             pg.stop("fast")
     for t in timings:

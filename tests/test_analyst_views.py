@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 
 from app.db import migrate
-from tests.conftest import create_database
 from loadtests.bench_stats import bind, cookbook
+from tests.conftest import create_database
 from tests.rollup_support import BASE, REASONS, Ev, assert_exact, insert
 
 VIEWS = ("campaign_summary", "link_summary", "campaign_hourly", "campaign_daily", "time_to_first",
@@ -133,7 +133,9 @@ def made_up(rnd: random.Random, n: int) -> list[Ev]:
     return out
 
 
-def rows(records: list[asyncpg.Record], key: tuple[str, ...], columns: tuple[str, ...]) -> dict[tuple, tuple]:
+def rows(
+    records: list[asyncpg.Record], key: tuple[str, ...], columns: tuple[str, ...]
+) -> dict[tuple[Any, ...], tuple[Any, ...]]:
     return {tuple(r[k] for k in key): tuple(r[c] for c in columns) for r in records}
 
 
@@ -142,7 +144,7 @@ async def assert_views_match_events(db: asyncpg.Connection) -> None:
 
     summary = await db.fetch("SELECT * FROM campaign_summary")
     expected = await db.fetch(_SUMMARY)
-    key = ("campaign_id",)
+    key: tuple[str, ...] = ("campaign_id",)
     want = rows(expected, key, _SUMMARY_COLUMNS)
     got = rows(summary, key, _SUMMARY_COLUMNS)
     assert {k: v for k, v in got.items() if k in want} == want
@@ -156,22 +158,24 @@ async def assert_views_match_events(db: asyncpg.Connection) -> None:
 
     links = await db.fetch("SELECT * FROM link_summary")
     expected = await db.fetch(_LINKS)
-    key, cols = ("campaign_id", "link_index"), ("clicks", "unique_clicks", "human_clicks", "human_unique_clicks")
-    assert rows(links, key, cols) == rows(expected, key, cols)
+    link_cols = ("clicks", "unique_clicks", "human_clicks", "human_unique_clicks")
+    assert rows(links, ("campaign_id", "link_index"), link_cols) == rows(
+        expected, ("campaign_id", "link_index"), link_cols
+    )
     totals = {r["campaign_id"]: r["clicks"] for r in summary}
     for r in links:
         assert r["url"] == f"https://example.com/{r['link_index']}"
         assert r["link_name"] == f"link-{r['link_index']}"
         assert r["click_share"] == pytest.approx(r["clicks"] / totals[r["campaign_id"]])
 
-    cols = ("events", "human_events", "new_uniques", "new_human_uniques")
+    cols: tuple[str, ...] = ("events", "human_events", "new_uniques", "new_human_uniques")
     hourly = await db.fetch("SELECT * FROM campaign_hourly")
     assert rows(hourly, ("campaign_id", "hour", "kind"), cols) == rows(
         await db.fetch(_SERIES, "hour"), ("campaign_id", "at", "kind"), cols
     )
     daily = await db.fetch("SELECT * FROM campaign_daily")
-    by_day = {(k[0], k[1].date(), k[2]): v
-              for k, v in rows(await db.fetch(_SERIES, "day"), ("campaign_id", "at", "kind"), cols).items()}  # fmt: skip
+    per_day = rows(await db.fetch(_SERIES, "day"), ("campaign_id", "at", "kind"), cols)
+    by_day = {(k[0], k[1].date(), k[2]): v for k, v in per_day.items()}
     assert rows(daily, ("campaign_id", "day", "kind"), cols) == by_day
 
     tto = await db.fetch("SELECT * FROM time_to_first")
@@ -179,7 +183,7 @@ async def assert_views_match_events(db: asyncpg.Connection) -> None:
     nonzero = {k: v for k, v in rows(tto, key, cols).items() if v != (0, 0)}
     assert nonzero == rows(await db.fetch(_TIME_TO_FIRST), key, cols)
     # Every (campaign, kind) has all eleven buckets, with their bounds and labels.
-    for (campaign, kind) in {(r["campaign_id"], r["kind"]) for r in tto}:
+    for campaign, kind in {(r["campaign_id"], r["kind"]) for r in tto}:
         mine = sorted((r for r in tto if (r["campaign_id"], r["kind"]) == (campaign, kind)), key=lambda r: r["bucket"])
         assert [r["bucket"] for r in mine] == list(range(11))
         assert [r["upper_bound_seconds"] for r in mine][:2] == [60, 300] and mine[10]["upper_bound_seconds"] is None
@@ -207,6 +211,7 @@ async def test_the_views_say_what_the_events_say(db: asyncpg.Connection) -> None
     await assert_views_match_events(db)
     # A campaign with a send report and no event yet has a row, with zeros and rates of zero.
     none = await db.fetchrow("SELECT * FROM campaign_summary WHERE campaign_id = 'c-none'")
+    assert none is not None
     assert (none["sent"], none["opens"], none["open_rate"], none["click_to_open_rate"]) == (10, 0, 0.0, None)
 
     # Verdicts change: people judged machines and back. Every view follows.
@@ -230,12 +235,16 @@ async def test_a_recipients_only_human_open_judged_a_machine(db: asyncpg.Connect
     only = Ev("solo", "open", "r1", None, BASE, sent, False, None)
     await insert(db, [only, Ev("solo", "open", "r1", None, BASE + dt.timedelta(hours=1), sent, True, "head")])
     before = await db.fetchrow("SELECT * FROM campaign_summary WHERE campaign_id = 'solo'")
+    assert before is not None
     assert (before["unique_opens"], before["human_unique_opens"], before["machine_opens"]) == (1, 1, 1)
     await db.execute("SELECT trackd_revise_verdicts($1, $2, $3, $4)", [only.at], [only.id], [True], ["bot"])
     after = await db.fetchrow("SELECT * FROM campaign_summary WHERE campaign_id = 'solo'")
+    assert after is not None
     assert (after["unique_opens"], after["human_unique_opens"], after["machine_opens"]) == (1, 0, 2)
-    hist = await db.fetch("SELECT label, recipients, human_recipients FROM time_to_first"
-                          " WHERE campaign_id = 'solo' AND kind = 'open' AND recipients + human_recipients > 0")  # fmt: skip
+    hist = await db.fetch(
+        "SELECT label, recipients, human_recipients FROM time_to_first"
+        " WHERE campaign_id = 'solo' AND kind = 'open' AND recipients + human_recipients > 0"
+    )
     assert [tuple(r) for r in hist] == [("<5m", 1, 0)]
     await assert_views_match_events(db)
 
@@ -286,6 +295,7 @@ async def test_every_cookbook_query_of_the_docs_runs(db: asyncpg.Connection) -> 
         assert rows, name
     # The approximate median lands in the bucket that holds the middle recipient.
     median = await db.fetchrow(bind(queries["approximate median time to first open"], "c0", "r3"))
+    assert median is not None
     hist = await db.fetch("SELECT label, human_recipients FROM time_to_first"
                           " WHERE campaign_id = 'c0' AND kind = 'open' ORDER BY bucket")  # fmt: skip
     total, upto = sum(r["human_recipients"] for r in hist), 0
