@@ -239,10 +239,11 @@ class Timing:
     p50_ms: float | None
     p99_ms: float | None
     note: str = ""
+    failed: bool = False  # an answer other than 200
 
     @property
     def passed(self) -> bool:
-        return (
+        return not self.failed and (
             self.p50_ms is not None
             and self.p99_ms is not None
             and (self.p50_ms < P50_TARGET_MS and self.p99_ms < P99_TARGET_MS)
@@ -260,9 +261,9 @@ def quantile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, max(0, math.ceil(q * len(sorted_ms)) - 1))]
 
 
-def timing(name: str, samples: list[float], note: str = "") -> Timing:
+def timing(name: str, samples: list[float], note: str = "", failed: bool = False) -> Timing:
     ordered = sorted(samples)
-    return Timing(name, len(ordered), quantile(ordered, 0.5), quantile(ordered, 0.99), note)
+    return Timing(name, len(ordered), quantile(ordered, 0.5), quantile(ordered, 0.99), note, failed)
 
 
 def measure_http(base_url: str, c: Campaign, requests: int, budget_s: float) -> list[Timing]:
@@ -297,9 +298,13 @@ def measure_http(base_url: str, c: Campaign, requests: int, budget_s: float) -> 
 
 def _time_gets(client: httpx.Client, name: str, path: Callable[[], str], requests: int, budget_s: float,
                cursor: dict[str, str] | None = None) -> Timing:  # fmt: skip
+    t0 = time.perf_counter()
     first = client.get(path())
-    if first.status_code != 200:
-        return Timing(name, 0, None, None, f"HTTP {first.status_code}: not on this server")
+    first_ms = (time.perf_counter() - t0) * 1000
+    if first.status_code == 404:
+        return Timing(name, 0, None, None, "HTTP 404: not on this server")
+    if first.status_code != 200:  # e.g. 503: the statement timed out
+        return Timing(name, 1, first_ms, first_ms, f"HTTP {first.status_code}: {first.text[:120]}", failed=True)
     samples: list[float] = []
     deadline = time.monotonic() + budget_s
     while len(samples) < requests and time.monotonic() < deadline:
@@ -308,7 +313,7 @@ def _time_gets(client: httpx.Client, name: str, path: Callable[[], str], request
         response = client.get(url)
         samples.append((time.perf_counter() - t0) * 1000)
         if response.status_code != 200:
-            return Timing(name, len(samples), None, None, f"HTTP {response.status_code}: {response.text[:200]}")
+            return timing(name, samples, f"HTTP {response.status_code}: {response.text[:120]}", failed=True)
         if cursor is not None:
             cursor["next"] = response.json()["next"]
     note = "" if len(samples) == requests else f"stopped at the {budget_s:.0f} s budget"
