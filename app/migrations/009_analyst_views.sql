@@ -1,11 +1,12 @@
 -- Views for analysts (docs/analytics.md): the rollups of migrations 007/008 read the way the API
 -- reads them, summed over their slots, under names and columns that say what they are.
 --
--- Every view but human_events reads only rollup tables and recipient_touch, so a query for one
--- campaign (WHERE campaign_id = ...) or one recipient (WHERE recipient_id = ...) reads a few
--- dozen rows whatever the size of `events`: the condition is pushed into each view's GROUP BY
--- (tests/test_analyst_views.py checks that no plan touches `events`). human_events is `events`
--- itself, people only, for the questions no rollup answers.
+-- The campaign views read only rollup tables, so a query for one campaign (WHERE campaign_id =
+-- ...) reads a few hundred rows whatever the size of `events`: the condition is pushed into each
+-- view's GROUP BY down to the primary keys (tests/test_analyst_views.py checks every plan).
+-- recipient_engagement is for one recipient (WHERE recipient_id = ...): recipient_touch through
+-- its index, and that recipient's events through the hash index on events.recipient_id.
+-- human_events is `events` itself, people only, for the questions no rollup answers.
 --
 -- Plain views (not materialized): they are as current as the rollups, which are current at the
 -- commit of the events they count. They run with their owner's rights, so trackd_reader needs
@@ -168,9 +169,12 @@ COMMENT ON COLUMN campaign_daily.new_human_uniques IS 'recipients whose first ev
 -- Every bucket of a (campaign, kind) that has a histogram, zeros included, so that a chart or a
 -- cumulative sum needs no gap filling.
 CREATE VIEW time_to_first AS
-WITH buckets (bucket, label) AS (
-    VALUES (0, '<1m'), (1, '<5m'), (2, '<15m'), (3, '<1h'), (4, '<2h'), (5, '<6h'), (6, '<12h'),
-           (7, '<24h'), (8, '<48h'), (9, '<7d'), (10, '>=7d')
+-- The bounds are trackd_tto_bounds() spelled out (a function in a view runs with the caller's
+-- rights; tests/test_analyst_views.py checks both agree).
+WITH buckets (bucket, upper_bound_seconds, label) AS (
+    VALUES (0, 60, '<1m'), (1, 300, '<5m'), (2, 900, '<15m'), (3, 3600, '<1h'), (4, 7200, '<2h'),
+           (5, 21600, '<6h'), (6, 43200, '<12h'), (7, 86400, '<24h'), (8, 172800, '<48h'),
+           (9, 604800, '<7d'), (10, NULL, '>=7d')
 ),
 keys AS (
     SELECT DISTINCT campaign_id, kind FROM rollup_time_to_first
@@ -181,7 +185,7 @@ counts AS (
     GROUP BY campaign_id, kind, bucket
 )
 SELECT k.campaign_id, k.kind, b.bucket::smallint AS bucket,
-       (trackd_tto_bounds())[b.bucket + 1] AS upper_bound_seconds, b.label,
+       b.upper_bound_seconds::int AS upper_bound_seconds, b.label,
        coalesce(c.recipients, 0)::bigint AS recipients,
        coalesce(c.human_recipients, 0)::bigint AS human_recipients
 FROM keys k
@@ -221,37 +225,52 @@ COMMENT ON COLUMN human_events.ip IS 'the client address (anonymised unless conf
 COMMENT ON COLUMN human_events.user_agent IS 'the client''s User-Agent (cut to TRACKD_USER_AGENT_MAX_BYTES)';
 COMMENT ON COLUMN human_events.xid IS 'the inserting transaction: the event feed''s order (with id)';
 
+-- recipient_touch keeps each recipient's first (and first human) event per campaign, kind and
+-- link, for ever; counts and last times come from the recipient's stored events, through the hash
+-- index on events.recipient_id (one probe per daily partition for each row of the view).
 CREATE VIEW recipient_engagement AS
-SELECT campaign_id, recipient_id,
-       coalesce(sum(events) FILTER (WHERE kind = 'open' AND link_index = -1), 0)::bigint AS opens,
-       coalesce(sum(human_events) FILTER (WHERE kind = 'open' AND link_index = -1), 0)::bigint AS human_opens,
-       min(first_at) FILTER (WHERE kind = 'open' AND link_index = -1) AS first_open_at,
-       min(first_human_at) FILTER (WHERE kind = 'open' AND link_index = -1) AS first_human_open_at,
-       max(last_at) FILTER (WHERE kind = 'open' AND link_index = -1) AS last_open_at,
-       coalesce(sum(events) FILTER (WHERE kind = 'click' AND link_index = -1), 0)::bigint AS clicks,
-       coalesce(sum(human_events) FILTER (WHERE kind = 'click' AND link_index = -1), 0)::bigint AS human_clicks,
-       min(first_at) FILTER (WHERE kind = 'click' AND link_index = -1) AS first_click_at,
-       min(first_human_at) FILTER (WHERE kind = 'click' AND link_index = -1) AS first_human_click_at,
-       max(last_at) FILTER (WHERE kind = 'click' AND link_index = -1) AS last_click_at,
-       count(*) FILTER (WHERE kind = 'click' AND link_index >= 0) AS links_clicked,
-       min(sent_at) AS sent_at
-FROM recipient_touch
-GROUP BY campaign_id, recipient_id;
+SELECT t.campaign_id, t.recipient_id,
+       coalesce(e.opens, 0) AS opens, coalesce(e.human_opens, 0) AS human_opens,
+       t.first_open_at, t.first_human_open_at, e.last_open_at,
+       coalesce(e.clicks, 0) AS clicks, coalesce(e.human_clicks, 0) AS human_clicks,
+       t.first_click_at, t.first_human_click_at, e.last_click_at,
+       t.links_clicked, t.sent_at
+FROM (
+    SELECT campaign_id, recipient_id,
+           min(first_at) FILTER (WHERE kind = 'open' AND link_index = -1) AS first_open_at,
+           min(first_human_at) FILTER (WHERE kind = 'open' AND link_index = -1) AS first_human_open_at,
+           min(first_at) FILTER (WHERE kind = 'click' AND link_index = -1) AS first_click_at,
+           min(first_human_at) FILTER (WHERE kind = 'click' AND link_index = -1) AS first_human_click_at,
+           count(*) FILTER (WHERE kind = 'click' AND link_index >= 0) AS links_clicked,
+           min(sent_at) AS sent_at
+    FROM recipient_touch
+    GROUP BY campaign_id, recipient_id
+) t
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE ev.kind = 'open') AS opens,
+           count(*) FILTER (WHERE ev.kind = 'open' AND NOT ev.is_machine) AS human_opens,
+           max(ev.occurred_at) FILTER (WHERE ev.kind = 'open') AS last_open_at,
+           count(*) FILTER (WHERE ev.kind = 'click') AS clicks,
+           count(*) FILTER (WHERE ev.kind = 'click' AND NOT ev.is_machine) AS human_clicks,
+           max(ev.occurred_at) FILTER (WHERE ev.kind = 'click') AS last_click_at
+    FROM events ev
+    WHERE ev.recipient_id = t.recipient_id AND ev.campaign_id = t.campaign_id
+) e ON true;
 
 COMMENT ON VIEW recipient_engagement IS
-    'trackd: per recipient and campaign they engaged with: opens, clicks, first and last times (recipient_touch pivoted); WHERE recipient_id = ... uses its index';
+    'trackd: per recipient and campaign they engaged with: first times (recipient_touch, kept), counts and last times (their stored events); filter on recipient_id';
 COMMENT ON COLUMN recipient_engagement.campaign_id IS 'the campaign';
 COMMENT ON COLUMN recipient_engagement.recipient_id IS 'the recipient';
-COMMENT ON COLUMN recipient_engagement.opens IS 'the recipient''s opens (people and machines)';
-COMMENT ON COLUMN recipient_engagement.human_opens IS 'the recipient''s opens judged a person''s';
+COMMENT ON COLUMN recipient_engagement.opens IS 'the recipient''s stored opens (people and machines; retention drops old events)';
+COMMENT ON COLUMN recipient_engagement.human_opens IS 'the recipient''s stored opens judged a person''s';
 COMMENT ON COLUMN recipient_engagement.first_open_at IS 'the first open (NULL: never opened)';
 COMMENT ON COLUMN recipient_engagement.first_human_open_at IS 'the first open judged a person''s (NULL: none)';
-COMMENT ON COLUMN recipient_engagement.last_open_at IS 'the latest open';
-COMMENT ON COLUMN recipient_engagement.clicks IS 'the recipient''s clicks (people and machines)';
-COMMENT ON COLUMN recipient_engagement.human_clicks IS 'the recipient''s clicks judged a person''s';
+COMMENT ON COLUMN recipient_engagement.last_open_at IS 'the latest stored open';
+COMMENT ON COLUMN recipient_engagement.clicks IS 'the recipient''s stored clicks (people and machines; retention drops old events)';
+COMMENT ON COLUMN recipient_engagement.human_clicks IS 'the recipient''s stored clicks judged a person''s';
 COMMENT ON COLUMN recipient_engagement.first_click_at IS 'the first click (NULL: never clicked)';
 COMMENT ON COLUMN recipient_engagement.first_human_click_at IS 'the first click judged a person''s (NULL: none)';
-COMMENT ON COLUMN recipient_engagement.last_click_at IS 'the latest click';
+COMMENT ON COLUMN recipient_engagement.last_click_at IS 'the latest stored click';
 COMMENT ON COLUMN recipient_engagement.links_clicked IS 'how many different links of the campaign the recipient clicked';
 COMMENT ON COLUMN recipient_engagement.sent_at IS 'the earliest send time the recipient''s links carried (NULL: none did)';
 
