@@ -212,21 +212,24 @@ def links(campaign_id: str, rows: Iterable[Record]) -> dict[str, Any]:
 # --- series ----------------------------------------------------------------------------------
 
 _SERIES_TEMPLATE = """
-SELECT date_trunc($4, bucket, 'UTC') AS start,
-       coalesce(sum(events) FILTER (WHERE kind = 'open'), 0)::bigint AS opens,
-       coalesce(sum(uniques) FILTER (WHERE kind = 'open'), 0)::bigint AS unique_opens,
-       coalesce(sum(events) FILTER (WHERE kind = 'click'), 0)::bigint AS clicks,
-       coalesce(sum(uniques) FILTER (WHERE kind = 'click'), 0)::bigint AS unique_clicks,
-       coalesce(sum(human_events) FILTER (WHERE kind = 'open'), 0)::bigint AS human_opens,
-       coalesce(sum(human_events) FILTER (WHERE kind = 'click'), 0)::bigint AS human_clicks,
-       coalesce(sum(human_uniques) FILTER (WHERE kind = 'open'), 0)::bigint AS human_unique_opens,
-       coalesce(sum(human_uniques) FILTER (WHERE kind = 'click'), 0)::bigint AS human_unique_clicks
+SELECT to_char(date_trunc($4, bucket, 'UTC') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS start,
+       coalesce(sum(events::int4) FILTER (WHERE kind = 'open'), 0) AS opens,
+       coalesce(sum(uniques::int4) FILTER (WHERE kind = 'open'), 0) AS unique_opens,
+       coalesce(sum(events::int4) FILTER (WHERE kind = 'click'), 0) AS clicks,
+       coalesce(sum(uniques::int4) FILTER (WHERE kind = 'click'), 0) AS unique_clicks,
+       coalesce(sum(human_events::int4) FILTER (WHERE kind = 'open'), 0) AS human_opens,
+       coalesce(sum(human_events::int4) FILTER (WHERE kind = 'click'), 0) AS human_clicks,
+       coalesce(sum(human_uniques::int4) FILTER (WHERE kind = 'open'), 0) AS human_unique_opens,
+       coalesce(sum(human_uniques::int4) FILTER (WHERE kind = 'click'), 0) AS human_unique_clicks
 FROM {table}
 WHERE campaign_id = $1 AND bucket >= $2 AND bucket < $3
 GROUP BY 1
-HAVING sum(events) <> 0
+HAVING sum(events::int4) <> 0
 ORDER BY 1
 """
+# Written for a 1,440-bucket answer in a few milliseconds: each row (one slot's minute or hour of
+# one kind) fits an int4, whose sum PostgreSQL keeps in a bigint (a bigint's sum is a numeric, several
+# times slower); `start` is made ISO 8601 by PostgreSQL, so Python only passes rows on.
 SERIES_MINUTES_SQL = _SERIES_TEMPLATE.format(table="rollup_minutes")
 # interval=hour and interval=day: the hours, grouped by UTC day for the latter.
 SERIES_HOURS_SQL = _SERIES_TEMPLATE.format(table="rollup_hours")
@@ -310,10 +313,6 @@ def iso(at: dt.datetime | None) -> str | None:
     return at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-_SERIES_FIELDS = ("opens", "unique_opens", "clicks", "unique_clicks", "human_opens", "human_clicks",
-                  "human_unique_opens", "human_unique_clicks")  # fmt: skip
-
-
 def series(campaign_id: str, window: Window, rows: Iterable[Record]) -> dict[str, Any]:
     """GET /v1/campaigns/{id}/series: one entry per bucket with events, in time order. unique_* are
     the recipients whose first event (human_unique_*: first person's event) of the kind falls in
@@ -323,7 +322,7 @@ def series(campaign_id: str, window: Window, rows: Iterable[Record]) -> dict[str
         "interval": window.interval.name,
         "since": iso(window.since),
         "until": iso(window.until),
-        "series": [{"start": iso(r["start"]), **{f: r[f] for f in _SERIES_FIELDS}} for r in rows],
+        "series": [dict(r) for r in rows],  # start (ISO 8601) and the counts, as selected
     }
 
 
