@@ -12,8 +12,8 @@
 -- unique; a row whose first_human_at was NULL and is set now is one new human unique. Its time
 -- (the first event, or the first human event) puts the unique in one minute and one hour of the
 -- series, so buckets add up to the campaign's uniques. A recipient's later events change nothing
--- in the row (the upsert's WHERE skips them: no new row version), so the common case, a recipient
--- seen before, costs a lookup and no write.
+-- in the row and are not upserted at all, so the common case, a recipient seen before, costs an
+-- index lookup and no write.
 --
 -- Hot rows: many writers (one per pod) into one hot campaign would all update the same counter
 -- rows and wait for each other until commit. Every counter row carries a `slot`, and each writing
@@ -277,8 +277,9 @@ DECLARE
     -- Writers use slots 0..63 (revisions and erasures 64..71: never a row a writer holds).
     v_slot smallint := trackd_take_slot(0, 64);
 BEGIN
-    -- Erasure (trackd_erase_recipient) takes this lock exclusively: it waits for writers that
-    -- already counted rows, and writers after it see its tombstone in the statements below.
+    -- Erasures and revisions (trackd_erase_recipient, trackd_revise_verdicts) take this lock
+    -- exclusively: they wait for writers that already counted rows, and writers after them see
+    -- their tombstones and verdicts in the statements below.
     PERFORM pg_advisory_xact_lock_shared(hashtext('trackd_erasure'));
     IF EXISTS (SELECT 1 FROM inserted i JOIN erased_recipients r
                ON r.recipient_id = i.recipient_id AND i.occurred_at <= r.erased_at) THEN
@@ -308,10 +309,24 @@ BEGIN
                min(occurred_at) FILTER (WHERE NOT is_machine) AS first_h, min(sent_at) AS sent_at
         FROM per_link GROUP BY 1, 2, 3, 4
     ),
+    -- Most events are of recipients seen before whose row they change nothing in: read the rows
+    -- (no lock, no write) and upsert only what is new or moves earlier. Safe against the rows
+    -- changing meanwhile: another writer only moves them earlier (still nothing to do), and
+    -- revisions and erasures, which may move them later, wait for this transaction (the lock
+    -- taken above) and it for them.
+    changes AS (
+        SELECT b.* FROM batch b
+        LEFT JOIN recipient_touch t ON t.campaign_id = b.campaign_id AND t.kind = b.kind
+             AND t.link_index = b.link AND t.recipient_id = b.recipient_id
+        WHERE t.campaign_id IS NULL
+           OR b.first_at < t.first_at
+           OR (b.first_h IS NOT NULL AND (t.first_human_at IS NULL OR b.first_h < t.first_human_at))
+           OR (b.sent_at IS NOT NULL AND (t.sent_at IS NULL OR b.sent_at < t.sent_at))
+    ),
     touch AS (
         INSERT INTO recipient_touch AS t (campaign_id, kind, link_index, recipient_id, first_at, first_human_at, sent_at)
         SELECT campaign_id, kind, link, recipient_id, first_at, first_h, sent_at
-        FROM batch ORDER BY campaign_id, kind, link, recipient_id
+        FROM changes ORDER BY campaign_id, kind, link, recipient_id
         ON CONFLICT (campaign_id, kind, link_index, recipient_id) DO UPDATE SET
             prev_first_at = t.first_at, prev_first_human_at = t.first_human_at, prev_sent_at = t.sent_at,
             first_at = least(t.first_at, EXCLUDED.first_at),

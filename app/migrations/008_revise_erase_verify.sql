@@ -31,9 +31,11 @@ DECLARE
     k_recipient text[];
     v_oldest timestamptz := trackd_oldest_stored();
 BEGIN
-    -- As writers do: an erasure (which locks touch rows, then events) waits for this one, which
-    -- locks events, then touch rows; the two never hold each other's rows.
-    PERFORM pg_advisory_xact_lock_shared(hashtext('trackd_erasure'));
+    -- Exclusive, as an erasure takes it: no writer is between counting its rows and committing
+    -- while a revision runs (a writer skips touch rows its events change nothing in, read without
+    -- a lock; a revision may move them), and revisions and erasures never hold each other's rows.
+    -- Writers wait for a revision (milliseconds for a batch of them), not the other way round.
+    PERFORM pg_advisory_xact_lock(hashtext('trackd_erasure'));
     -- 1. The events, locked, changed; totals and human events per minute follow.
     WITH want AS (
         SELECT DISTINCT ON (w.occurred_at, w.id) w.occurred_at, w.id, w.is_machine,
