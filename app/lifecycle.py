@@ -71,6 +71,15 @@ WITH gone AS (
 )
 SELECT count(*) FROM gone
 """
+# Daily tables of `events` that are no longer partitions of it: a prune stopped between its DETACH
+# and its DROP (the process killed, the connection lost) leaves one, which no partition list shows.
+_DETACHED = r"""
+SELECT c.oid::regclass::text AS qualified, c.relname AS name, to_date(substr(c.relname, 8), 'YYYYMMDD') AS day
+FROM pg_class c
+WHERE c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'events'::regclass)
+  AND c.relkind = 'r' AND NOT c.relispartition AND c.relname ~ '^events_[0-9]{8}$'
+ORDER BY 3
+"""
 _DELETE_BATCHES = """
 WITH gone AS (DELETE FROM campaign_batches WHERE day < $1 RETURNING 1) SELECT count(*) FROM gone
 """
@@ -154,6 +163,7 @@ class PruneResult:
     skipped: bool = False  # another prune held the lock: nothing was done
     dropped: list[Partition] = field(default_factory=list)
     finalized: list[str] = field(default_factory=list)  # detaches a previous run left pending
+    leftovers: list[str] = field(default_factory=list)  # tables a previous run detached, not dropped
     per_second_rows: int = 0
     batch_rows: int = 0
 
@@ -161,6 +171,7 @@ class PruneResult:
         if self.skipped:
             return ["another trackd prune is running (it holds the prune lock): nothing done"]
         out = [f"finished the detach of {name}, left pending by an earlier prune" for name in self.finalized]
+        out += [f"dropped {name}, detached by an earlier prune that stopped before its DROP" for name in self.leftovers]
         out += [f"dropped {p.name} (events of {p.day.isoformat()}, {p.bytes} bytes)" for p in self.dropped]
         if not self.dropped:
             keep = (f"TRACKD_RETENTION_DAYS={settings.retention_days}" if settings.retention_days
@@ -216,6 +227,12 @@ async def _prune_locked(conn: asyncpg.Connection[asyncpg.Record], settings: Sett
         await conn.execute(f"DROP TABLE {part.qualified}")
         log.info("dropped partition %s (%s, %d bytes)", part.name, part.day, part.bytes)
         result.dropped.append(part)
+    for row in await conn.fetch(_DETACHED):
+        ends = dt.datetime.combine(row["day"] + dt.timedelta(days=1), dt.time(), dt.UTC)
+        if cutoff is not None and ends <= cutoff:
+            await conn.execute(f"DROP TABLE {row['qualified']}")
+            log.info("dropped %s, detached by an earlier prune", row["name"])
+            result.leftovers.append(row["name"])
     if settings.per_second_retention_days > 0:
         older = now - dt.timedelta(days=settings.per_second_retention_days)
         while True:
@@ -396,5 +413,5 @@ class LifecycleTask:
             result = await prune(conn, self.settings)
         finally:
             await conn.close()
-        if result.dropped or result.finalized:
+        if result.dropped or result.finalized or result.leftovers:
             log.info("retention: %s", "; ".join(result.lines(self.settings)))

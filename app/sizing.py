@@ -34,8 +34,9 @@ DEFAULT_WAL_BYTES_PER_ROW = 590
 # (docs/scaling.md). The rollups are per recipient, not per event (docs/analytics.md).
 DEFAULT_BYTES_PER_EVENT = 440
 # What one primary was measured to take comes from the bench (writer.events_per_s): the writer
-# alone, COPY through one connection (docs/benchmarks.md, "Results (`make bench`, 2026-11-28)":
-# 195,357 events/s). Above it the plan warns, naming the bench's date: docs/scaling.md, "Past one
+# alone, COPY through one connection with every rollup kept by the trigger (docs/benchmarks.md,
+# "Issue #13: the writer with every rollup": 43,403 events/s on 2026-12-04; 195,357 before the
+# rollups). Above it the plan warns, naming the bench's date: docs/scaling.md, "Past one
 # primary", says what to do.
 _WRITER_SOURCE = 'the writer alone through one connection, `{command}` of {date}: docs/benchmarks.md "Results"'
 # ESTIMATE, not measured: server CPU per POST /v1/tracking-urls for a 10-link email. The bench

@@ -276,3 +276,16 @@ async def test_the_service_role_makes_partitions_ahead_and_says_once_to_schedule
         assert "schedule `trackd prune`" in srv.log()
         assert old in await partition_days(conn)
         assert metric(srv.base_url, "trackd_events_partitions") == 9
+
+
+async def test_prune_drops_a_table_an_earlier_run_detached_but_did_not_drop(fresh: DB) -> None:
+    """A prune killed between its DETACH and its DROP leaves a table no partition list shows."""
+    conn = fresh.conn
+    now = await today(conn)
+    old = now - dt.timedelta(days=20)
+    await insert(conn, events_on(old, "autumn"))
+    await conn.execute(f"ALTER TABLE events DETACH PARTITION events_{old:%Y%m%d}")
+    done = prune(fresh.url, TRACKD_RETENTION_DAYS="7")
+    assert done.returncode == 0, done.stderr
+    assert f"dropped events_{old:%Y%m%d}, detached by an earlier prune" in done.stdout, done.stdout
+    assert await conn.fetchval("SELECT to_regclass($1)", f"events_{old:%Y%m%d}") is None
