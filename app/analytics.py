@@ -212,27 +212,34 @@ def links(campaign_id: str, rows: Iterable[Record]) -> dict[str, Any]:
 # --- series ----------------------------------------------------------------------------------
 
 _SERIES_TEMPLATE = """
-SELECT to_char(date_trunc($4, bucket, 'UTC') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS start,
-       coalesce(sum(events::int4) FILTER (WHERE kind = 'open'), 0) AS opens,
-       coalesce(sum(uniques::int4) FILTER (WHERE kind = 'open'), 0) AS unique_opens,
-       coalesce(sum(events::int4) FILTER (WHERE kind = 'click'), 0) AS clicks,
-       coalesce(sum(uniques::int4) FILTER (WHERE kind = 'click'), 0) AS unique_clicks,
-       coalesce(sum(human_events::int4) FILTER (WHERE kind = 'open'), 0) AS human_opens,
-       coalesce(sum(human_events::int4) FILTER (WHERE kind = 'click'), 0) AS human_clicks,
-       coalesce(sum(human_uniques::int4) FILTER (WHERE kind = 'open'), 0) AS human_unique_opens,
-       coalesce(sum(human_uniques::int4) FILTER (WHERE kind = 'click'), 0) AS human_unique_clicks
-FROM {table}
-WHERE campaign_id = $1 AND bucket >= $2 AND bucket < $3
-GROUP BY 1
-HAVING sum(events::int4) <> 0
-ORDER BY 1
+SELECT to_char(start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS start, opens, unique_opens, clicks,
+       unique_clicks, human_opens, human_clicks, human_unique_opens, human_unique_clicks
+FROM (
+    SELECT {start} AS start,
+           coalesce(sum(events::int4) FILTER (WHERE kind = 'open'), 0) AS opens,
+           coalesce(sum(uniques::int4) FILTER (WHERE kind = 'open'), 0) AS unique_opens,
+           coalesce(sum(events::int4) FILTER (WHERE kind = 'click'), 0) AS clicks,
+           coalesce(sum(uniques::int4) FILTER (WHERE kind = 'click'), 0) AS unique_clicks,
+           coalesce(sum(human_events::int4) FILTER (WHERE kind = 'open'), 0) AS human_opens,
+           coalesce(sum(human_events::int4) FILTER (WHERE kind = 'click'), 0) AS human_clicks,
+           coalesce(sum(human_uniques::int4) FILTER (WHERE kind = 'open'), 0) AS human_unique_opens,
+           coalesce(sum(human_uniques::int4) FILTER (WHERE kind = 'click'), 0) AS human_unique_clicks
+    FROM {table}
+    WHERE campaign_id = $1 AND bucket >= $2 AND bucket < $3
+    GROUP BY 1
+    HAVING sum(events::int4) <> 0
+) buckets
+ORDER BY buckets.start
 """
 # Written for a 1,440-bucket answer in a few milliseconds: each row (one slot's minute or hour of
 # one kind) fits an int4, whose sum PostgreSQL keeps in a bigint (a bigint's sum is a numeric, several
 # times slower); `start` is made ISO 8601 by PostgreSQL, so Python only passes rows on.
-SERIES_MINUTES_SQL = _SERIES_TEMPLATE.format(table="rollup_minutes")
+# Minutes and hours are the buckets the rows already have: grouped in the primary key's order,
+# no sort; days are hours truncated (UTC).
+SERIES_MINUTES_SQL = _SERIES_TEMPLATE.format(table="rollup_minutes", start="bucket")
 # interval=hour and interval=day: the hours, grouped by UTC day for the latter.
-SERIES_HOURS_SQL = _SERIES_TEMPLATE.format(table="rollup_hours")
+SERIES_HOURS_SQL = _SERIES_TEMPLATE.format(table="rollup_hours", start="bucket")
+SERIES_DAYS_SQL = _SERIES_TEMPLATE.format(table="rollup_hours", start="date_trunc('day', bucket, 'UTC')")
 
 
 @dataclass(frozen=True)
@@ -248,7 +255,7 @@ INTERVALS = {
     "minute": Interval("minute", dt.timedelta(minutes=1), dt.timedelta(days=1), dt.timedelta(days=31),
                        SERIES_MINUTES_SQL),
     "hour": Interval("hour", dt.timedelta(hours=1), dt.timedelta(days=31), dt.timedelta(days=366), SERIES_HOURS_SQL),
-    "day": Interval("day", dt.timedelta(days=1), dt.timedelta(days=366), dt.timedelta(days=3660), SERIES_HOURS_SQL),
+    "day": Interval("day", dt.timedelta(days=1), dt.timedelta(days=366), dt.timedelta(days=3660), SERIES_DAYS_SQL),
 }  # fmt: skip
 
 
@@ -303,7 +310,7 @@ def series_window(interval: str, since: str | None, until: str | None, now: floa
 
 
 def series_args(campaign_id: str, window: Window) -> tuple[object, ...]:
-    return campaign_id, window.since, window.until, window.interval.name
+    return campaign_id, window.since, window.until
 
 
 def iso(at: dt.datetime | None) -> str | None:
