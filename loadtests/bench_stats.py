@@ -260,12 +260,21 @@ class Timing:
             and (self.p50_ms < P50_TARGET_MS and self.p99_ms < P99_TARGET_MS)
         )
 
+    @property
+    def is_target(self) -> bool:
+        """The issue's targets are stats, links and series (and the cookbook); the feed's page
+        time is reported, not judged (a page of 1,000 events is 1,000 events to encode)."""
+        return not self.name.startswith(_NOT_TARGETS)
+
     def line(self) -> str:
         if self.p50_ms is None or self.p99_ms is None:
             return f"SKIP  {self.name}: {self.note}"
-        verdict = "PASS" if self.passed else "FAIL"
+        verdict = ("PASS" if self.passed else "FAIL") if self.is_target else "INFO"
         return (f"{verdict}  {self.name}: p50 {self.p50_ms:.2f} ms, p99 {self.p99_ms:.2f} ms over {self.count}"
                 f"{' (' + self.note + ')' if self.note else ''}")  # fmt: skip
+
+
+_NOT_TARGETS = ("GET /v1/events",)
 
 
 def quantile(sorted_ms: list[float], q: float) -> float:
@@ -418,7 +427,7 @@ def run(events: int, requests: int, queries: int, budget_s: float, out: Path | N
             pg.stop("fast")
     for t in timings:
         print(t.line())
-    failed = [t for t in timings if t.p50_ms is not None and not t.passed]
+    failed = [t for t in timings if t.p50_ms is not None and t.is_target and not t.passed]
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({

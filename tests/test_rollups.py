@@ -277,3 +277,27 @@ async def test_a_batch_across_midnight_is_kept_for_the_feed_until_its_last_day_g
     await insert(db, [Ev("c", "open", f"r{i}", None, midnight + dt.timedelta(seconds=s), None, False, None)
                       for i, s in enumerate((-5, 5))])  # fmt: skip
     assert await db.fetchval("SELECT day FROM campaign_batches WHERE campaign_id = 'c'") == midnight.date()
+
+
+async def test_writers_running_at_once_never_share_a_counter_slot(admin_dsn: str) -> None:
+    """What keeps many writers of one hot campaign from queueing on one counter row: every
+    running transaction holds a slot no other holds; a slot is free again once its holder ends,
+    and the lowest free one is taken (a key's rows stay as few as the writers at once)."""
+    url = await create_database(admin_dsn)
+    conns = [await asyncpg.connect(url) for _ in range(5)]
+    try:
+        await migrate(conns[0])
+        for c in conns:
+            await c.execute("BEGIN")
+        slots = [await c.fetchval("SELECT trackd_take_slot(0, 64)") for c in conns]
+        assert sorted(slots) == [0, 1, 2, 3, 4]
+        # Asking again within a transaction gives the slot it holds.
+        assert [await c.fetchval("SELECT trackd_take_slot(0, 64)") for c in conns] == slots
+        await conns[2].execute("COMMIT")
+        await conns[2].execute("BEGIN")
+        assert await conns[2].fetchval("SELECT trackd_take_slot(0, 64)") == slots[2]
+        # Revisions and erasures take theirs from 64..71, never a writer's.
+        assert await conns[0].fetchval("SELECT trackd_take_slot(64, 8)") == 64
+    finally:
+        for c in conns:
+            await c.close()
