@@ -18,9 +18,9 @@ import secrets
 import shutil
 import sys
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from pydantic import AliasChoices, ValidationError
 
@@ -28,6 +28,8 @@ from app import sizing
 from app.settings import Settings
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from app.rewrite import CompiledEmail, RewriteOptions
     from app.rewrite_signer import KeyRingSigner
 
@@ -584,40 +586,37 @@ def prune_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def erase_cmd(args: argparse.Namespace) -> int:
+T = TypeVar("T")
+
+
+def _on_one_connection(settings: Settings, work: Callable[[asyncpg.Connection[asyncpg.Record]], Awaitable[T]]) -> T:
+    """`work` on a connection of its own to the database the command talks to (DATABASE_URL, or
+    the embedded one), closed afterwards."""
     from app.db import connect
-    from app.lifecycle import erase_recipient
 
-    settings = load_settings()
-
-    async def run(dsn: str) -> int:
+    async def run(dsn: str) -> T:
         conn = await connect(settings, dsn)
         try:
-            return await erase_recipient(conn, args.recipient)
+            return await work(conn)
         finally:
             await conn.close()
 
     with _database(settings) as dsn:
-        erased = asyncio.run(run(dsn))
+        return asyncio.run(run(dsn))
+
+
+def erase_cmd(args: argparse.Namespace) -> int:
+    from app.lifecycle import erase_recipient
+
+    erased = _on_one_connection(load_settings(), lambda conn: erase_recipient(conn, args.recipient))
     print(f"erased {erased} events of recipient {json.dumps(args.recipient, ensure_ascii=False)}")
     return 0
 
 
 def verify_cmd(args: argparse.Namespace) -> int:
-    from app.db import connect
-    from app.lifecycle import VerifyResult, verify, verify_lines, write_verify_metrics
+    from app.lifecycle import verify, verify_lines, write_verify_metrics
 
-    settings = load_settings()
-
-    async def run(dsn: str) -> VerifyResult:
-        conn = await connect(settings, dsn)
-        try:
-            return await verify(conn, args.campaign, repair=args.repair)
-        finally:
-            await conn.close()
-
-    with _database(settings) as dsn:
-        result = asyncio.run(run(dsn))
+    result = _on_one_connection(load_settings(), lambda conn: verify(conn, args.campaign, repair=args.repair))
     print("\n".join(verify_lines(result, args.campaign)))
     if args.metrics_file is not None:
         write_verify_metrics(args.metrics_file, result)

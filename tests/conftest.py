@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
+from app.db import migrate
 from app.pgserver import EmbeddedPostgres
 from tests.support import API_KEY, PgBouncer, ServerProcess, embedded_postgres, pgbouncer
 
@@ -100,3 +101,16 @@ def bouncer(admin_dsn: str) -> Iterator[PgBouncer]:
     production. Never skipped: a missing pgbouncer fails the tests, naming the package."""
     with pgbouncer(admin_dsn, pool_size=1) as b:
         yield b
+
+
+@pytest.fixture
+async def fresh_db(admin_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a fresh, migrated database of its own (UTC), for tests that compare every
+    rollup with a recount of the events (nothing else in it)."""
+    conn = await asyncpg.connect(await create_database(admin_dsn))
+    await conn.execute("SET TIME ZONE 'UTC'")
+    await migrate(conn)
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -7,15 +7,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 import pytest
 
-from app.db import migrate
 from loadtests.bench_stats import bind, cookbook
-from tests.conftest import create_database
 from tests.rollup_support import BASE, REASONS, Ev, assert_exact, insert
 
 VIEWS = ("campaign_summary", "link_summary", "campaign_hourly", "campaign_daily", "time_to_first",
@@ -102,14 +100,8 @@ FROM events GROUP BY campaign_id, recipient_id
 
 
 @pytest.fixture
-async def db(admin_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(await create_database(admin_dsn))
-    await conn.execute("SET TIME ZONE 'UTC'")
-    await migrate(conn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
+def db(fresh_db: asyncpg.Connection) -> asyncpg.Connection:
+    return fresh_db  # every test here counts rows: a database of its own (tests/conftest.py)
 
 
 def made_up(rnd: random.Random, n: int) -> list[Ev]:

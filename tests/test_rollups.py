@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -20,14 +19,8 @@ from tests.rollup_support import BASE, REASONS, Ev, assert_exact, drift, insert
 
 
 @pytest.fixture
-async def db(admin_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(await create_database(admin_dsn))
-    await conn.execute("SET TIME ZONE 'UTC'")
-    await migrate(conn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
+def db(fresh_db: asyncpg.Connection) -> asyncpg.Connection:
+    return fresh_db  # every test here counts rows: a database of its own (tests/conftest.py)
 
 
 def made_up(rnd: random.Random, n: int, campaigns: int = 2, recipients: int = 30) -> list[Ev]:
