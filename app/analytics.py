@@ -104,7 +104,9 @@ class CampaignStats(BaseModel):
     )
     unique_link_clicks: int = Field(description="sum over links of the recipients who clicked that link")
     machine: dict[str, dict[str, int]] = Field(
-        description='machine events by reason: {"opens": {"prefetch": n, ...}, "clicks": {...}}'
+        description='machine events by reason code (docs/engagement.md): {"opens": {"apple_mpp": n, ...},'
+        ' "clicks": {"burst": n, ...}}; an event judged by several rules counts under each, so a kind\'s'
+        " codes can add up to more than its machine_* total"
     )
     time_to_first_open: TimeToFirst = Field(description="histogram of first open time - sent_at, per recipient")
     time_to_first_click: TimeToFirst
@@ -129,8 +131,10 @@ def stats(campaign_id: str, rows: Iterable[Record]) -> dict[str, Any]:
         if part == "totals" and kind in KINDS:
             events[kind, r["is_machine"]] += r["n"]
             if r["is_machine"] and r["n"]:
+                # An event judged by several rules (`burst,scan`) counts under each of them.
                 reasons = machine[KINDS[kind]]
-                reasons[r["reason"]] = reasons.get(r["reason"], 0) + r["n"]
+                for code in r["reason"].split(","):
+                    reasons[code] = reasons.get(code, 0) + r["n"]
             if r["n"]:
                 first += [r["first_at"]] if r["first_at"] is not None else []
                 last += [r["last_at"]] if r["last_at"] is not None else []

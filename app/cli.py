@@ -117,6 +117,12 @@ def serve(args: argparse.Namespace) -> int:
             "TRACKD_SIGNING_KEYS: must be set when DATABASE_URL is: without it each host signs with its own"
             " random development key, and links signed by one are refused by the others (trackd keygen makes one)"
         )
+    from app.verdicts.networks import Networks, NetworksError
+
+    try:
+        Networks.load(settings.networks_file)  # each worker loads it again; a bad file stops here, in one line
+    except (NetworksError, OSError) as exc:
+        raise ConfigError(f"TRACKD_NETWORKS_FILE: {exc}") from None
     _lock_data_dir(settings.data_dir)
     host = args.host or settings.host
     port = args.port or settings.port

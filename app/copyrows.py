@@ -21,9 +21,11 @@ import struct
 import uuid
 from typing import Any, NamedTuple
 
-from app.classify import machine_reason
 from app.events import RawEvent, RowMaker
 from app.settings import Settings
+from app.verdicts import evidence
+from app.verdicts.networks import Match, Networks
+from app.verdicts.rules import machine_reason
 from trackd_links.tokens import (
     FLAG_HONEYPOT,
     FLAG_LINK_NAME,
@@ -38,9 +40,12 @@ from trackd_links.tokens import (
 COLUMNS = (
     "id", "occurred_at", "ip", "kind", "user_agent", "is_machine", "machine_reason",
     "sent_at", "link_index", "campaign_id", "recipient_id", "url", "link_name", "part", "message_id",
+    "evidence", "addr_tag",
 )  # fmt: skip
-# Rows journaled before links v2 (journal format 2) end at `url`: upgrade_rows() adds the rest.
+# Rows journaled before links v2 (journal format 2) end at `url`, rows journaled before evidence
+# was kept (format 3) at `message_id`: upgrade_rows() adds the rest.
 COLUMNS_V1 = COLUMNS[:12]
+COLUMNS_V2 = COLUMNS[:15]
 # The binary COPY stream around the rows: signature, flags, header extension length / trailer.
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 COPY_TRAILER = b"\xff\xff"
@@ -61,8 +66,10 @@ _LEN3 = b"\x00\x00\x00"  # the high bytes of an int32 length below 256 (campaign
 _PART_FIELDS = (b"\x00\x00\x00\x03api", b"\x00\x00\x00\x04html", b"\x00\x00\x00\x04text")
 # Flags a click must not have (reserved bits); part 3 is refused separately.
 _CLICK_FLAGS_REFUSED = 0xE0
-_TAIL_NULLS = _NULL * 3  # link_name, part, message_id of an open from before links v2
-_UPGRADED_CLICK_TAIL = _NULL + _PART_FIELDS[0] + _NULL  # a click from before links v2: part api
+_NO_EVIDENCE = _NULL * 2  # evidence, addr_tag of a row from before they were kept
+# link_name, part, message_id (and no evidence) of an open from before links v2
+_TAIL_NULLS = _NULL * 3 + _NO_EVIDENCE
+_UPGRADED_CLICK_TAIL = _NULL + _PART_FIELDS[0] + _NULL + _NO_EVIDENCE  # a click from before links v2: part api
 _INET_FAMILY = {4: 2, 6: 3}  # PGSQL_AF_INET, PGSQL_AF_INET6
 _MAX_CACHED_XFF = 256
 
@@ -89,11 +96,21 @@ class AgentFields(NamedTuple):
     machine: bool
 
 
-def _agent_fields(kind: str, is_head: bool, user_agent: bytes | None, honeypot: bool = False) -> AgentFields:
-    """Cached by RowEncoder.agent: the regular expressions run once per distinct user agent. A
-    honeypot link's click is a machine's whatever its user agent says (no person sees the link)."""
+class Client(NamedTuple):
+    """What an event keeps of its client, made once per distinct (peer, X-Forwarded-For)."""
+
+    field: bytes  # the `ip` field (anonymised by TRACKD_IP_MODE)
+    tag: bytes  # the `addr_tag` field: a keyed 16-bit tag of the full address
+    open_bits: int  # evidence bits of the address's network list entries for an open ...
+    click_bits: int  # ... and for a click
+
+
+def _agent_fields(kind: str, bits: int, user_agent: bytes | None) -> AgentFields:
+    """Cached by RowEncoder.agent: the rules run once per distinct user agent and evidence bits
+    that decide (evidence.REASON_BITS). A honeypot link's click is a machine's whatever its user
+    agent says (no person sees the link)."""
     decoded = user_agent.decode("utf-8", "replace") if user_agent else None
-    reason = "honeypot" if honeypot else machine_reason(kind, is_head, decoded)
+    reason = machine_reason(kind, bits, decoded)
     # PostgreSQL text is valid UTF-8 without NUL: undecodable bytes and NUL become U+FFFD.
     ua = decoded.replace("\x00", "\ufffd") if decoded is not None else None
     machine = reason is not None
@@ -104,8 +121,10 @@ def _agent_fields(kind: str, is_head: bool, user_agent: bytes | None, honeypot: 
 class RowEncoder:
     """Makes row bytes; holds the privacy settings (through RowMaker) and the caches."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, networks: Networks | None = None, tag_key: bytes = b"") -> None:
         self.maker = RowMaker(settings)
+        self.networks = networks
+        self.tags = evidence.AddressTags(tag_key)
         # The same clients and user agents come back again and again; a miss costs a few
         # microseconds of `ipaddress` or regular expressions, a hit a dictionary lookup. The
         # caches are bounded in bytes too: an entry holds a user agent (cut to the configured
@@ -117,17 +136,27 @@ class RowEncoder:
         # Without trusted proxies X-Forwarded-For is never read: the cache is all there is.
         self.client = self._client_cached if not settings.trusted_proxies else self._client
 
-    def honeypot(self, is_head: bool, user_agent: bytes | None) -> AgentFields:
-        """The agent fields of a honeypot click (rare: not cached)."""
-        return _agent_fields("click", is_head, user_agent, honeypot=True)
+    def set_networks(self, networks: Networks | None) -> None:
+        """Use other network lists from now on (SIGHUP): the cached clients are judged again."""
+        self.networks = networks
+        self._client_cached.cache_clear()
 
-    def _client(self, peer: str | None, forwarded_for: bytes | None) -> bytes:
+    def _client(self, peer: str | None, forwarded_for: bytes | None) -> Client:
         if forwarded_for is not None and len(forwarded_for) > _MAX_CACHED_XFF:
             return self._client_field(peer, forwarded_for)
         return self._client_cached(peer, forwarded_for)
 
-    def _client_field(self, peer: str | None, forwarded_for: bytes | None) -> bytes:
-        return inet_field(self.maker.ip_value(peer, forwarded_for))
+    def _client_field(self, peer: str | None, forwarded_for: bytes | None) -> Client:
+        """The address through trusted proxies, judged against the network lists and tagged in
+        full, then kept as TRACKD_IP_MODE says (the full address goes no further)."""
+        address = self.maker.client_address(peer, forwarded_for)
+        if address is not None and address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        open_bits = click_bits = 0
+        if address is not None and self.networks is not None:
+            open_bits = _network_bits(self.networks.match(address, "open"))
+            click_bits = _network_bits(self.networks.match(address, "click"))
+        return Client(inet_field(self.maker.ip_text(address)), self.tags.field(address), open_bits, click_bits)
 
     # The two row makers of the hot path, from a token's claims (app.tokens: the version 2
     # plaintext layout). Their fields go into the row as they are: a one-byte length becomes an
@@ -137,11 +166,12 @@ class RowEncoder:
     # a reserved flag, a missing URL or bytes left over raise IndexError: a bad token (L8).
 
     def click_row(
-        self, id_hi: int, id_lo: int, received_us: int, agent: AgentFields, client: bytes, claims: bytes,
-        is_head: bool, user_agent: bytes | None,
+        self, id_hi: int, id_lo: int, received_us: int, agent: AgentFields, client: Client, bits: int,
+        claims: bytes, user_agent: bytes | None,
     ) -> tuple[bytes, bytes, bool]:  # fmt: skip
         """The row of a click, its Location (the claims' URL, found on the way), and whether
-        it is a machine's (by its user agent, or a honeypot link)."""
+        it is a machine's. `agent` was made for `bits` (evidence, this kind's network bits
+        included); a honeypot link adds its bit and is judged again."""
         sent_at, link_index = _CLAIMS_SENT_LINK.unpack_from(claims)
         flags = claims[6]
         if flags & _CLICK_FLAGS_REFUSED or flags & 3 == 3:
@@ -157,15 +187,18 @@ class RowEncoder:
             raise IndexError("no URL, or a length running past the claims")
         url = claims[url_at:]
         if flags & FLAG_HONEYPOT:
-            agent = self.honeypot(is_head, user_agent)
+            bits |= evidence.HONEYPOT
+            agent = self.agent("click", bits & evidence.REASON_BITS, user_agent)
         return b"".join((
-            _HEAD.pack(_FIELDS, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client, agent.fields,
+            _HEAD.pack(_FIELDS, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client.field, agent.fields,
             _SENT_LINK.pack(8, sent_at * 1_000_000 - _PG_EPOCH_US, 4, link_index),
             _LEN3, claims[7:end], _LEN3, claims[end:recipient_end],
-            _I32.pack(len(url)), url, name, _PART_FIELDS[flags & 3], message,
+            _I32.pack(len(url)), url, name, _PART_FIELDS[flags & 3], message, evidence.FIELDS[bits], client.tag,
         )), url, agent.machine  # fmt: skip
 
-    def open_row(self, id_hi: int, id_lo: int, received_us: int, agent: bytes, client: bytes, claims: bytes) -> bytes:
+    def open_row(
+        self, id_hi: int, id_lo: int, received_us: int, agent: bytes, client: Client, bits: int, claims: bytes
+    ) -> bytes:
         (sent_at,) = _CLAIMS_SENT.unpack_from(claims)
         flags = claims[4]
         if flags & OPEN_FLAGS_REFUSED:
@@ -181,18 +214,23 @@ class RowEncoder:
         if stop != len(claims):
             raise IndexError("the lengths do not match the claims")
         return b"".join((
-            _HEAD.pack(_FIELDS, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client, agent,
+            _HEAD.pack(_FIELDS, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client.field, agent,
             _SENT_NO_LINK.pack(8, sent_at * 1_000_000 - _PG_EPOCH_US), _NULL,
             _LEN3, claims[5:end], _LEN3, claims[end:recipient_end], _NULL, _NULL, _NULL, message,
+            evidence.FIELDS[bits], client.tag,
         ))  # fmt: skip
 
-    def row(self, id_hi: int, id_lo: int, received_us: int, kind: int, is_head: bool, user_agent: bytes | None,
-            client: bytes, claims: bytes) -> bytes:  # fmt: skip
-        """The row of either kind (replays, tests)."""
-        agent = self.agent("click" if kind == KIND_CLICK else "open", is_head, user_agent)
+    def row(self, id_hi: int, id_lo: int, received_us: int, kind: int, bits: int, user_agent: bytes | None,
+            client: Client, claims: bytes) -> bytes:  # fmt: skip
+        """The row of either kind (replays, tests): `bits` are the request's evidence bits; the
+        client's network bits for the kind are added here."""
         if kind == KIND_CLICK:
-            return self.click_row(id_hi, id_lo, received_us, agent, client, claims, is_head, user_agent)[0]
-        return self.open_row(id_hi, id_lo, received_us, agent.fields, client, claims)
+            bits |= client.click_bits
+            agent = self.agent("click", bits & evidence.REASON_BITS, user_agent)
+            return self.click_row(id_hi, id_lo, received_us, agent, client, bits, claims, user_agent)[0]
+        bits |= client.open_bits
+        agent = self.agent("open", bits & evidence.REASON_BITS, user_agent)
+        return self.open_row(id_hi, id_lo, received_us, agent.fields, client, bits, claims)
 
     def from_event(self, event: RawEvent) -> tuple[bytes, int]:
         """The row of an event recorded by an older version (journal format 1), and its time.
@@ -202,9 +240,16 @@ class RowEncoder:
         kind = event.payload[1]  # a version 1 payload: those versions minted no other
         received_us = round((event.received_at - _PG_EPOCH_S) * 1_000_000) + _PG_EPOCH_US
         client = self.client(event.peer, event.forwarded_for)
-        row = self.row(event.id >> 64, event.id & 0xFFFF_FFFF_FFFF_FFFF, received_us, kind, event.is_head,
-                       event.user_agent, client, v1_claims(event.payload))  # fmt: skip
+        # A format 1 record kept the method, address and user agent: its evidence is what those
+        # show (the HEAD and network bits), the headers it did not keep read as absent.
+        row = self.row(event.id >> 64, event.id & 0xFFFF_FFFF_FFFF_FFFF, received_us, kind,
+                       evidence.HEAD if event.is_head else 0, event.user_agent, client,
+                       v1_claims(event.payload))  # fmt: skip
         return row, received_us
+
+
+def _network_bits(found: Match) -> int:
+    return (evidence.NETWORK_CERTAIN if found.certain else 0) | (evidence.NETWORK_PROBABLE if found.probable else 0)
 
 
 def _optional_fields(claims: bytes, flags: int, at: int) -> tuple[int, bytes, bytes]:
@@ -229,8 +274,8 @@ def _optional_fields(claims: bytes, flags: int, at: int) -> tuple[int, bytes, by
 def upgrade_rows(rows: bytes) -> bytes:
     """Rows journaled before links v2 (COLUMNS_V1, journal format 2) as rows of COLUMNS: link
     name and message id NULL, and part `api` for a click (its token was a version 1 one, which
-    came from the API, as a version 1 click recorded now is) or NULL for an open. Raises
-    ValueError on bytes that are not whole rows."""
+    came from the API, as a version 1 click recorded now is) or NULL for an open; evidence and
+    address tag NULL (not kept then). Raises ValueError on bytes that are not whole rows."""
     old = struct.pack(">h", len(COLUMNS_V1))
     new = struct.pack(">h", len(COLUMNS))
     out: list[bytes] = []
@@ -238,6 +283,19 @@ def upgrade_rows(rows: bytes) -> bytes:
         if row[:2] != old:
             raise ValueError(f"a row of {struct.unpack_from('>h', row)[0]} fields in a format 2 frame")
         out += (new, row[2:], _UPGRADED_CLICK_TAIL if _kind_of(row) == b"click" else _TAIL_NULLS)
+    return b"".join(out)
+
+
+def upgrade_rows_v2(rows: bytes) -> bytes:
+    """Rows journaled before evidence was kept (COLUMNS_V2, journal format 3) as rows of
+    COLUMNS: evidence and address tag NULL. Raises ValueError on bytes that are not whole rows."""
+    old = struct.pack(">h", len(COLUMNS_V2))
+    new = struct.pack(">h", len(COLUMNS))
+    out: list[bytes] = []
+    for row in split_rows(rows):
+        if row[:2] != old:
+            raise ValueError(f"a row of {struct.unpack_from('>h', row)[0]} fields in a format 3 frame")
+        out += (new, row[2:], _NO_EVIDENCE)
     return b"".join(out)
 
 
@@ -281,6 +339,8 @@ def _decode_value(column: str, value: bytes) -> Any:
         return dt.datetime(2000, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
     if column == "link_index":
         return _I32.unpack(value)[0]
+    if column in ("evidence", "addr_tag"):
+        return struct.unpack(">h", value)[0]
     if column == "is_machine":
         return value == b"\x01"
     if column == "ip":

@@ -87,9 +87,12 @@ class RowMaker:
 
     def ip_value(self, peer: str | None, forwarded_for: bytes | None) -> str | None:
         """The text of the `ip` column (uncached: app.copyrows caches the encoded field)."""
+        return self.ip_text(self.client_address(peer, forwarded_for))
+
+    def ip_text(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> str | None:
+        """The text of the `ip` column for a client address, by TRACKD_IP_MODE."""
         if self.ip_mode is IPMode.drop:
             return None
-        address = self.client_address(peer, forwarded_for)
         if address is None:
             return None
         if address.version == 6 and address.ipv4_mapped is not None:

@@ -28,6 +28,16 @@ from app.copyrows import RowEncoder
 from app.events import EventIds
 from app.metrics import HotPathMeter, Metrics
 from app.ratelimit import Buckets
+from app.verdicts.evidence import (
+    ACCEPT_LANGUAGE,
+    HEAD,
+    PREFETCH,
+    PREFETCH_HEADER_SET,
+    REASON_BITS,
+    SEC_FETCH,
+    SEC_FETCH_HEADERS,
+    prefetch_in,
+)
 from trackd_links.tokens import KIND_CLICK, KIND_OPEN, KeyRing
 
 log = logging.getLogger("trackd.hotpath")
@@ -146,6 +156,9 @@ class HotPath:
         # Set by the lifespan once the journal is open; until then events are counted as dropped.
         self.journal: Recorder | None = None
         self.ids = EventIds()
+        # The receipt clock (nanoseconds): replaced only by the labelled evaluation, which replays
+        # cases at the times their sources describe (tests/tools/eval_truth.py).
+        self.clock = time_ns
         self.ua_max = user_agent_max_bytes
         self.capture_xff = capture_forwarded_for
         self._error_logged = False
@@ -223,32 +236,43 @@ class HotPath:
         the client gets, and which journal write it must wait for. Shared by the ASGI path and
         app.protocol, which answers the same requests below ASGI."""
         claims = self.keyring.verify(token, KIND_CLICK if kind == "click" else KIND_OPEN)
-        ua = xff = None
-        for name, value in headers:
-            if name == b"user-agent":
-                ua = value[: self.ua_max]
-            elif name == b"x-forwarded-for" and self.capture_xff:
-                xff = value
+        # The headers as a dict (made in C), then a lookup per header the rules read: measured
+        # 0.36 us more than the old loop that found only the user agent (docs/benchmarks.md).
+        # A repeated header counts by its last value, as before.
+        seen = dict(headers)
+        ua = seen.get(b"user-agent")
+        if ua is not None:
+            ua = ua[: self.ua_max]
+        xff = seen.get(b"x-forwarded-for") if self.capture_xff else None
+        bits = HEAD if is_head else 0
+        if b"accept-language" in seen:
+            bits |= ACCEPT_LANGUAGE
+        if not SEC_FETCH_HEADERS.isdisjoint(seen):
+            bits |= SEC_FETCH
+        if not PREFETCH_HEADER_SET.isdisjoint(seen) and prefetch_in(seen):
+            bits |= PREFETCH
         rows = self.rows
-        agent = rows.agent(kind, is_head, ua)
         if claims is None:
             # A bad click goes to the fallback URL or gets a 404; a bad pixel still gets the
             # image: a broken image in the mail helps nobody.
-            return Answer(kind, self._fallback, None, "bad_token", agent.machine)
-        received_us = time_ns() // 1000
+            return Answer(kind, self._fallback, None, "bad_token", rows.agent(kind, bits & REASON_BITS, ua).machine)
+        received_us = self.clock() // 1000
         id_hi, id_lo = self.ids.pair(received_us // 1000)
-        client_field = rows.client(peer, xff)
-        machine = agent.machine
+        client = rows.client(peer, xff)
         try:
             if kind == "click":
-                row, location, machine = rows.click_row(id_hi, id_lo, received_us, agent, client_field, claims,
-                                                        is_head, ua)  # fmt: skip
+                bits |= client.click_bits
+                agent = rows.agent(kind, bits & REASON_BITS, ua)
+                row, location, machine = rows.click_row(id_hi, id_lo, received_us, agent, client, bits, claims, ua)
             else:
-                row, location = rows.open_row(id_hi, id_lo, received_us, agent.fields, client_field, claims), b""
+                bits |= client.open_bits
+                agent = rows.agent(kind, bits & REASON_BITS, ua)
+                machine = agent.machine
+                row, location = rows.open_row(id_hi, id_lo, received_us, agent.fields, client, bits, claims), b""
         except (IndexError, struct.error):
             # Authentic but not decodable (a length running past the claims, a reserved flag):
             # a bad token (L8).
-            return Answer(kind, self._fallback, None, "bad_token", agent.machine)
+            return Answer(kind, self._fallback, None, "bad_token", rows.agent(kind, bits & REASON_BITS, ua).machine)
         if kind == "click" and _UNSAFE_LOCATION.search(location) is not None:
             return Answer(kind, self._fallback, None, "bad_token", machine)  # L1
         # One link, or one address, cannot fill the journal (docs/reliability.md): past their
@@ -257,7 +281,7 @@ class HotPath:
         if not self.token_rate.take(token, now):
             self.metrics.dropped_rate_token.inc()
             return Answer(kind, location, None, "dropped", machine)
-        if not self.client_rate.take(client_field if client_field != _NULL_FIELD else peer, now):
+        if not self.client_rate.take(client.field if client.field != _NULL_FIELD else peer, now):
             self.metrics.dropped_rate_client.inc()
             return Answer(kind, location, None, "dropped", machine)
         journal = self.journal

@@ -15,7 +15,9 @@ A torn tail (a crash mid-write) or a flipped byte fails the check; the reader sk
 valid frame, counts the damage and logs it once per segment. Format 2 (magic d7 4b) is one frame
 per event-loop tick: a count, the earliest and latest receipt time (unix microseconds), then the
 events as `events` rows in PostgreSQL's binary COPY format (app.copyrows), so the writer sends
-what it reads without touching each event. Format 1 (magic d7 4a, one raw event per frame) was
+what it reads without touching each event. Formats 3 (d7 4c) and 4 (d7 4d, written today) are the
+same with the columns of links v2 and then of the request's evidence added; older rows get the
+new columns as NULL when they are read. Format 1 (magic d7 4a, one raw event per frame) was
 written by earlier versions; it is still read, so an upgrade never strands a journal.
 
 Writes: the hot path appends rows to a list and gets a future; one callback per event-loop tick
@@ -46,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from app.copyrows import upgrade_rows
+from app.copyrows import upgrade_rows, upgrade_rows_v2
 from app.events import RawEvent
 from app.settings import FsyncPolicy
 
@@ -54,8 +56,9 @@ log = logging.getLogger("trackd.journal")
 
 MAGIC = b"\xd7\x4a"  # format 1: one raw event (read only)
 MAGIC_ROWS = b"\xd7\x4b"  # format 2: a tick's events as COPY rows of COLUMNS_V1 (read only)
-MAGIC_ROWS_V2 = b"\xd7\x4c"  # format 3: the same, rows of COLUMNS (links v2 added columns)
-_MAGICS = (MAGIC, MAGIC_ROWS, MAGIC_ROWS_V2)
+MAGIC_ROWS_V2 = b"\xd7\x4c"  # format 3: the same, rows of COLUMNS_V2 (links v2 added columns; read only)
+MAGIC_ROWS_V3 = b"\xd7\x4d"  # format 4: the same, rows of COLUMNS (evidence and address tag added)
+_MAGICS = (MAGIC, MAGIC_ROWS, MAGIC_ROWS_V2, MAGIC_ROWS_V3)
 _HEADER = struct.Struct("<2sII")
 # id (two u64), received_at, is_head, then the lengths of peer, forwarded-for, user agent, payload
 _BODY = struct.Struct("<QQdBBHHH")
@@ -109,8 +112,8 @@ def _frames(rows: list[bytes], first_us: int, last_us: int) -> tuple[bytes, list
         head = _CHUNK.pack(len(part), first_us, last_us)
         length = len(head) + len(joined)
         # _crc(MAGIC_ROWS, length, head + joined), without making that concatenation
-        crc = zlib.crc32(joined, zlib.crc32(head, zlib.crc32(MAGIC_ROWS_V2, length)))
-        frames.append(b"".join((_HEADER.pack(MAGIC_ROWS_V2, length, crc), head, joined)))
+        crc = zlib.crc32(joined, zlib.crc32(head, zlib.crc32(MAGIC_ROWS_V3, length)))
+        frames.append(b"".join((_HEADER.pack(MAGIC_ROWS_V3, length, crc), head, joined)))
         chunks.append((Chunk(len(part), first_us, last_us, joined), _HEADER.size + length))
     return (frames[0] if len(frames) == 1 else b"".join(frames)), chunks
 
@@ -380,9 +383,13 @@ class JournalDir:
                 try:
                     body = data[at + _HEADER.size : end]
                     second = data[at + 1]
-                    if second == MAGIC_ROWS_V2[1]:
+                    if second == MAGIC_ROWS_V3[1]:
                         chunk = decode_chunk(body)
                         out.chunks.append(chunk)
+                        out.count += chunk.event_count
+                    elif second == MAGIC_ROWS_V2[1]:  # written before evidence was kept
+                        chunk = decode_chunk(body)
+                        out.chunks.append(chunk._replace(rows=upgrade_rows_v2(chunk.rows)))
                         out.count += chunk.event_count
                     elif second == MAGIC_ROWS[1]:  # written before links v2: rows get the new columns
                         chunk = decode_chunk(body)

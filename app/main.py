@@ -37,6 +37,7 @@ from app.pgserver import EmbeddedPostgres
 from app.ratelimit import Buckets
 from app.services import Services
 from app.settings import Settings
+from app.verdicts.networks import Networks, NetworksError
 from app.writer import Writer
 from trackd_links.tokens import KeyRing, load_or_create_dev_key
 from trackd_links.urls import to_location
@@ -122,6 +123,27 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def _reload_networks_on_sighup(settings: Settings, rows: RowEncoder) -> None:
+    """On SIGHUP, read the network lists again (TRACKD_NETWORKS_FILE edited): a file that does
+    not load is logged, in one line, and the lists in use are kept. (Under `trackd serve
+    --workers N`, uvicorn's supervisor answers its own SIGHUP by restarting the workers, which
+    read the lists as they start; a worker sent SIGHUP itself reloads in place.)"""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def reload() -> None:
+        try:
+            networks = Networks.load(settings.networks_file)
+        except (NetworksError, OSError) as exc:
+            log.error("SIGHUP: network lists not reloaded, the ones in use are kept: %s", exc)
+            return
+        rows.set_networks(networks)
+        log.info("SIGHUP: network lists reloaded (%d entries)", len(networks))
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+
 def _announce_shutdown_on_sigterm(svc: Services, delay_s: float) -> None:
     """On SIGTERM, turn /readyz to 503 at once, keep serving for `delay_s`, then hand the signal
     to uvicorn (which stops accepting, finishes in-flight requests and runs our shutdown)."""
@@ -189,6 +211,7 @@ def create_app(settings: Settings | None = None) -> HotPath:
         if settings.metrics_port is not None:
             metrics_listener = await metrics_server.start(svc, settings.host, settings.metrics_port)
         _announce_shutdown_on_sigterm(svc, settings.shutdown_delay_s)
+        _reload_networks_on_sighup(settings, hot.rows)
         _tune_gc()
         try:
             yield
@@ -269,12 +292,14 @@ def create_app(settings: Settings | None = None) -> HotPath:
         registry=metrics.registry,
     ).instrument(api, metric_namespace="trackd", metric_subsystem="api")
 
+    # The address tags must agree across pods: keyed by what every pod shares, the signing key.
+    rows = RowEncoder(settings, Networks.load(settings.networks_file), tag_key=keyring.keys[0].secret)
     hot = HotPath(
         api,
         keyring,
         metrics,
         meter,
-        RowEncoder(settings),
+        rows,
         user_agent_max_bytes=settings.user_agent_max_bytes,
         capture_forwarded_for=bool(settings.trusted_proxies),
         fallback_url=to_location(settings.fallback_url) if settings.fallback_url else None,

@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     # interactions_per_second rows older than this many days are deleted by the same prune. 0: kept forever.
     per_second_retention_days: int = Field(default=14, ge=0)
     lifecycle_interval_s: float = Field(default=3600.0, gt=0)
+    # Engagement truth (docs/engagement.md): extra address lists for the verdicts, in the format of
+    # the bundled app/verdicts/networks.csv (docs/networks-file.md); read at start and on SIGHUP.
+    networks_file: Path | None = None
     # /metrics: on the main port (default), on a port of its own, and/or behind a bearer key.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_key: str | None = None

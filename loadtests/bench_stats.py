@@ -160,7 +160,7 @@ def chunk_rows(encoder: RowEncoder, ids: EventIds, c: Campaign, start: int, stop
         else:
             claims, kind = open_claims(recipient, c.sent_at(r)), KIND_OPEN
         id_hi, id_lo = ids.pair(received_us // 1000)
-        out.append((encoder.row(id_hi, id_lo, received_us, kind, is_head, ua, client, claims), received_us))
+        out.append((encoder.row(id_hi, id_lo, received_us, kind, 1 if is_head else 0, ua, client, claims), received_us))
     return out
 
 

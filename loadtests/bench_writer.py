@@ -80,7 +80,7 @@ def hot_rows(
     for i in range(count):
         kind, claim = claims[i % distinct]
         id_hi, id_lo = ids.pair(received_us // 1000)
-        out.append((encoder.row(id_hi, id_lo, received_us, kind, False, _UA, client, claim), received_us))
+        out.append((encoder.row(id_hi, id_lo, received_us, kind, 0, _UA, client, claim), received_us))
     return out
 
 

@@ -59,7 +59,7 @@ _T0_US = 1_700_000_000_000_000
 
 def make_row(i: int) -> bytes:
     """A real `events` row whose id is `i` (the journal itself treats rows as opaque)."""
-    return _ROWS.row(0, i, _T0_US + i, KIND_OPEN, False, b"UA", _CLIENT, _PAYLOAD)
+    return _ROWS.row(0, i, _T0_US + i, KIND_OPEN, 0, b"UA", _CLIENT, _PAYLOAD)
 
 
 def row_id(row: bytes) -> int:

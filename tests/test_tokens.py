@@ -86,7 +86,7 @@ def test_no_field_is_visible_in_a_token(campaign: str, recipient: str, url: str)
 
 
 ROWS = RowEncoder(Settings())
-AGENT = ROWS.agent("click", False, b"UA")
+AGENT = ROWS.agent("click", 0, b"UA")
 CLIENT = ROWS.client("127.0.0.1", None)
 
 
@@ -100,16 +100,16 @@ def test_the_rows_made_on_the_hot_path_carry_the_claims_as_minted(
                                 part=part)  # fmt: skip
         claims = RING.verify(token, KIND_CLICK)
         assert claims is not None
-        row, location, machine = ROWS.click_row(1, 2, 1_700_000_000_000_000, AGENT, CLIENT, claims, False, b"UA")
+        row, location, machine = ROWS.click_row(1, 2, 1_700_000_000_000_000, AGENT, CLIENT, 0, claims, b"UA")
         assert location == click_location(claims) == url.encode() and not machine
         got = decode_row(row)
         assert (got["kind"], got["campaign_id"], got["recipient_id"], got["link_index"], got["url"], got["sent_at"],
                 got["link_name"], got["message_id"], got["part"]) == (
             "click", campaign, recipient, index, url, sent_at, name, message, part)  # fmt: skip
-        assert ROWS.row(1, 2, 1_700_000_000_000_000, KIND_CLICK, False, b"UA", CLIENT, claims) == row
+        assert ROWS.row(1, 2, 1_700_000_000_000_000, KIND_CLICK, 0, b"UA", CLIENT, claims) == row
     claims = RING.verify(RING.sign_open(campaign, recipient, sent_at=sent, message_id="m-3"), KIND_OPEN)
     assert claims is not None
-    got = decode_row(ROWS.open_row(1, 2, 1_700_000_000_000_000, AGENT.fields, CLIENT, claims))
+    got = decode_row(ROWS.open_row(1, 2, 1_700_000_000_000_000, AGENT.fields, CLIENT, 0, claims))
     assert (got["campaign_id"], got["recipient_id"], got["link_index"], got["url"], got["sent_at"],
             got["link_name"], got["part"], got["message_id"]) == (
         campaign, recipient, None, None, sent_at, None, None, "m-3")  # fmt: skip
@@ -118,7 +118,7 @@ def test_the_rows_made_on_the_hot_path_carry_the_claims_as_minted(
 def test_a_honeypot_click_is_a_machine_with_reason_honeypot() -> None:
     claims = RING.verify(RING.sign_click("c", "r", 0, "https://example.com/", honeypot=True), KIND_CLICK)
     assert claims is not None
-    row, _, machine = ROWS.click_row(1, 2, 1_700_000_000_000_000, AGENT, CLIENT, claims, False, b"Mozilla/5.0 (X11)")
+    row, _, machine = ROWS.click_row(1, 2, 1_700_000_000_000_000, AGENT, CLIENT, 0, claims, b"Mozilla/5.0 (X11)")
     got = decode_row(row)
     assert machine and got["is_machine"] and got["machine_reason"] == "honeypot"
     assert got["user_agent"] == "Mozilla/5.0 (X11)"
@@ -201,9 +201,9 @@ def test_authentic_but_malformed_claims_do_not_open(kind: int, plaintext: bytes)
     assert RING.open(token, kind) is None
     with pytest.raises(IndexError):
         if kind == KIND_CLICK:
-            ROWS.click_row(1, 2, 1_700_000_000_000_000, AGENT, CLIENT, claims, False, None)
+            ROWS.click_row(1, 2, 1_700_000_000_000_000, AGENT, CLIENT, 0, claims, None)
         else:
-            ROWS.open_row(1, 2, 1_700_000_000_000_000, AGENT.fields, CLIENT, claims)
+            ROWS.open_row(1, 2, 1_700_000_000_000_000, AGENT.fields, CLIENT, 0, claims)
 
 
 def test_rotation_old_keys_verify_first_key_signs() -> None:
