@@ -8,7 +8,8 @@ PIP    := $(BIN)/pip --disable-pip-version-check --no-input
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-fast test-pythons typecheck lint deps-debian need-wrk constraints sizing clean \
-	bench bench-soak bench-growth bench-writer bench-stats bench-fleet bench-rewrite bench-profile bench-hostile loadtest
+	bench bench-soak bench-growth bench-writer bench-stats bench-fleet bench-rewrite bench-profile bench-hostile loadtest \
+	eval-truth
 
 # Debian packages the tests drive, as command:package. Installed with apt-get when we are root;
 # otherwise make stops and names them. chromium: tests/test_dashboard.py; promtool (package
@@ -147,6 +148,12 @@ bench-writer: $(STAMP)
 # docs/bench/stats.json. BENCH_STATS_EVENTS=200000 for a dry run of about a minute.
 bench-stats: $(STAMP)
 	$(BIN)/python -m loadtests.bench_stats
+
+# Engagement truth (issue 14): the labelled evaluation set (tests/data/engagement/cases.json)
+# through the real hot path and the deferred rules in PostgreSQL: machine recall and people
+# flagged, overall and per class (docs/engagement.md). EVAL_ARGS=--verbose lists every miss.
+eval-truth: $(STAMP)
+	$(BIN)/python -m tests.tools.eval_truth $(EVAL_ARGS)
 
 # Many pods, one primary: BENCH_FLEET (4) trackd processes with their own journals against one
 # PostgreSQL, all under load at once, then one process; docs/bench/fleet.json (docs/scaling.md).

@@ -18,6 +18,7 @@ import secrets
 import shutil
 import sys
 import urllib.parse
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
@@ -619,6 +620,29 @@ def erase_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def explain_cmd(args: argparse.Namespace) -> int:
+    from app.verdicts.explain import explain
+    from app.verdicts.networks import Networks, NetworksError
+
+    try:
+        event_id = uuid.UUID(args.event_id)
+    except ValueError:
+        print(f"trackd explain: {args.event_id!r} is not an event id (a UUID, as GET /v1/events gives)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    settings = load_settings()
+    try:
+        networks = Networks.load(settings.networks_file)
+    except (NetworksError, OSError) as exc:
+        raise ConfigError(f"TRACKD_NETWORKS_FILE: {exc}") from None
+    lines = _on_one_connection(settings, lambda conn: explain(conn, event_id, networks))
+    if lines is None:
+        print(f"trackd explain: no event {event_id}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
 def verify_cmd(args: argparse.Namespace) -> int:
     from app.lifecycle import verify, verify_lines, write_verify_metrics
 
@@ -780,6 +804,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("erase", help="erase a recipient's events everywhere, and their part in every rollup")
     p.add_argument("--recipient", required=True, help="the recipient_id")
     p.set_defaults(func=_database_errors(erase_cmd))
+
+    p = sub.add_parser(
+        "explain", help="an event's evidence and the rules that judged it (docs/engagement.md)",
+        description="Print what an event kept of its request (method, user agent, address, headers seen, time"
+        " since the send), its verdict, each rule that fired in words, and for a deferred verdict the recipient's"
+        " events around it. Exits 1 when there is no such event.",
+    )  # fmt: skip
+    p.add_argument("event_id", help="the event's id (events.id, as GET /v1/events gives it)")
+    p.set_defaults(func=_database_errors(explain_cmd))
 
     p = sub.add_parser(
         "verify", help="recompute the rollups from events and report any drift (exit 1)",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import uuid
-from typing import Any
 
 import asyncpg
 
@@ -68,7 +67,8 @@ async def explain(conn: asyncpg.Connection, event_id: uuid.UUID, networks: Netwo
     kind: str = e["kind"]
     lines = [
         f"event      {e['id']}",
-        f"           {kind} at {e['occurred_at'].isoformat()}, campaign {e['campaign_id']!r}, recipient {e['recipient_id']!r}"
+        f"           {kind} at {e['occurred_at'].isoformat()}, campaign {e['campaign_id']!r},"
+        f" recipient {e['recipient_id']!r}"
         + (f", link {e['link_index']}" + (f" ({e['link_name']})" if e["link_name"] else "") if kind == "click" else ""),
     ]
     if e["url"]:
@@ -76,7 +76,8 @@ async def explain(conn: asyncpg.Connection, event_id: uuid.UUID, networks: Netwo
     lines.append(f"verdict    {'machine: ' + (e['machine_reason'] or 'machine') if e['is_machine'] else 'person'}")
     lines.append("evidence")
     lines.append(f"  method           {_method(bits)}")
-    lines.append(f"  user agent       {e['user_agent']!r}" if e["user_agent"] is not None else "  user agent       none")
+    ua = e["user_agent"]
+    lines.append(f"  user agent       {ua!r}" if ua is not None else "  user agent       none")
     ip = e["ip"]
     lines.append(f"  address          {ip if ip is not None else 'not kept (TRACKD_IP_MODE=drop)'}"
                  f"; tag {e['addr_tag'] if e['addr_tag'] is not None else 'none'}")  # fmt: skip
@@ -84,7 +85,8 @@ async def explain(conn: asyncpg.Connection, event_id: uuid.UUID, networks: Netwo
         lines.append("  headers          not kept (recorded before evidence was kept)")
     else:
         seen = evidence.names(bits & ~evidence.HEAD)
-        lines.append(f"  seen             {', '.join(seen) if seen else 'no Accept-Language, no Sec-Fetch-*, no prefetch header'}")
+        none = "no Accept-Language, no Sec-Fetch-*, no prefetch header"
+        lines.append(f"  seen             {', '.join(seen) if seen else none}")
     if e["sent_at"] is not None:
         lines.append(f"  since the send   {_seconds(e['occurred_at'] - e['sent_at'])}")
     if ip is not None and ip.num_addresses == 1:
@@ -97,8 +99,8 @@ async def explain(conn: asyncpg.Connection, event_id: uuid.UUID, networks: Netwo
         lines.append(f"  {code:<18} {rules.REASONS.get(code, '')}")
     now = list(rules.reasons(kind, (bits or 0) & evidence.REASON_BITS, e["user_agent"]))
     if bits is not None:
-        differ = [c for c in now if c not in recorded] + [c for c in recorded if c not in now and c not in rules.DEFERRED]
-        if differ:
+        realtime = [c for c in recorded if c not in rules.DEFERRED]
+        if now != realtime:
             lines.append(f"  note: today's real-time rules give {','.join(now) or 'a person'} for this evidence")
     if any(c in rules.DEFERRED for c in recorded):
         lines.append("the recipient's events around it (what the deferred rules saw)")
@@ -111,7 +113,3 @@ async def explain(conn: asyncpg.Connection, event_id: uuid.UUID, networks: Netwo
             lines.append(f"  {mark} {_seconds(n['occurred_at'] - e['occurred_at']):>12} {n['kind']:<5}{link:<8}"
                          f" tag {n['addr_tag'] if n['addr_tag'] is not None else '-':>6}  {verdict}")  # fmt: skip
     return lines
-
-
-def as_dict(lines: list[str]) -> dict[str, Any]:  # pragma: no cover - kept small on purpose
-    return {"lines": lines}

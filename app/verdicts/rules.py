@@ -23,7 +23,10 @@ REASONS: dict[str, str] = {
     "head": "the request was a HEAD: a link checker, never a browser navigating or a mail client loading an image",
     "prefetch": "a Purpose / Sec-Purpose / X-Purpose / X-Moz header said prefetch, prerender or preview",
     "no_user_agent": "no User-Agent at all: no mail client or browser sends none",
-    "apple_mpp": "an open with the user agent exactly 'Mozilla/5.0': Apple Mail Privacy Protection fetching every image on delivery",
+    "apple_mpp": (
+        "an open with the user agent exactly 'Mozilla/5.0': Apple Mail Privacy Protection"
+        " fetching every image on delivery"
+    ),
     "minimal_user_agent": "a click with the user agent exactly 'Mozilla/5.0': no browser navigates with that",
     "gmail_prefetch": "Gmail's prefetch user agent (... Edge/12.246 Mozilla/5.0) or its content sampling",
     "office_discovery": "Microsoft Office probing a link before opening it (Existence / Protocol Discovery)",
@@ -31,13 +34,30 @@ REASONS: dict[str, str] = {
     "declared_bot": "a crawler or automation that names itself (Googlebot, HeadlessChrome, ...)",
     "http_library": "an HTTP library or command-line tool (curl, python-requests, Go-http-client, ...)",
     "scanner_user_agent": "a mail security product that names itself (Barracuda Sentinel)",
-    "scanner_network": "the address is in a certain network list entry for this kind (mail filtering tier: Microsoft EOP, Barracuda EGD)",
+    "scanner_network": (
+        "the address is in a certain network list entry for this kind (mail filtering"
+        " tier: Microsoft EOP, Barracuda EGD)"
+    ),
     "honeypot": "the click was on the honeypot link, which no person sees",
-    "burst": "two or more clicks of this recipient within the burst window (TRACKD_BURST_SECONDS): a scanner opening every link",
-    "address_burst": "this link (or this message's pixel) was fetched from three or more addresses within TRACKD_ADDRESS_WINDOW_S",
-    "honeypot_scan": "part of the scan that hit the honeypot link: the same address within TRACKD_SCAN_WINDOW_S, or any address within the burst window",
-    "scan": "from the same address as a burst of this recipient, within TRACKD_SCAN_WINDOW_S of it (the scanner's pixel fetch)",
-    "probable_network": "a probable network list entry (a vendor whose isolation can carry a person) within TRACKD_PROBABLE_WINDOW_S of the send",
+    "burst": (
+        "two or more clicks of this recipient within the burst window (TRACKD_BURST_SECONDS): a"
+        " scanner opening every link"
+    ),
+    "address_burst": (
+        "this link (or this message's pixel) was fetched from three or more addresses within TRACKD_ADDRESS_WINDOW_S"
+    ),
+    "honeypot_scan": (
+        "part of the scan that hit the honeypot link: the same address within"
+        " TRACKD_SCAN_WINDOW_S, or any address within the burst window"
+    ),
+    "scan": (
+        "from the same address as a burst of this recipient, within TRACKD_SCAN_WINDOW_S of it (the"
+        " scanner's pixel fetch)"
+    ),
+    "probable_network": (
+        "a probable network list entry (a vendor whose isolation can carry a person)"
+        " within TRACKD_PROBABLE_WINDOW_S of the send"
+    ),
     # Written by versions before the engagement rules (still found in old rows).
     "security_scanner": "(older versions) a security scanner's user agent",
     "apple_privacy_proxy": "(older versions) Apple Mail Privacy Protection",

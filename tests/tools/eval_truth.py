@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from app.verdicts.deferred import judge_all
 
 from app.copyrows import COLUMNS, COPY_HEADER, COPY_TRAILER, RowEncoder, decode_row
 from app.db import migrate
 from app.hotpath import HotPath
 from app.metrics import HotPathMeter, Metrics
 from app.settings import Settings
-from app.verdicts.deferred import judge_all
 from app.verdicts.networks import Networks
 from trackd_links.tokens import KeyRing, SigningKey
 
@@ -50,9 +50,9 @@ class _Journal:
     def __init__(self) -> None:
         self.rows: list[bytes] = []
 
-    def append(self, row: bytes, received_us: int) -> None:
+    def append(self, row: bytes, received_us: int) -> object:
         self.rows.append(row)
-        return None
+        return self  # "written": the evaluation inserts the rows itself
 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never reached
@@ -125,7 +125,10 @@ def _headers(event: dict[str, Any]) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def replay(cases: Iterable[dict[str, Any]], settings: Settings | None = None) -> tuple[list[bytes], dict[uuid.UUID, tuple[dict[str, Any], int]]]:
+Which = dict[uuid.UUID, tuple[dict[str, Any], int]]
+
+
+def replay(cases: Iterable[dict[str, Any]], settings: Settings | None = None) -> tuple[list[bytes], Which]:
     """The `events` rows the hot path makes for every case's events, and which case event each
     row's id is."""
     settings = settings or Settings()
@@ -137,7 +140,7 @@ def replay(cases: Iterable[dict[str, Any]], settings: Settings | None = None) ->
     journal = _Journal()
     hot.journal = journal
     sent = int(SENT_AT.timestamp())
-    which: dict[uuid.UUID, tuple[dict[str, Any], int]] = {}
+    which: Which = {}
     for case in cases:
         campaign = f"eval-{case['id']}"
         links = int(case.get("links", 3))
@@ -155,9 +158,8 @@ def replay(cases: Iterable[dict[str, Any]], settings: Settings | None = None) ->
                                          part="html")  # fmt: skip
             at_ns = (sent * 1_000_000 + round(float(event["t"]) * 1_000_000)) * 1000
             hot.clock = lambda at_ns=at_ns: at_ns  # type: ignore[misc]
-            before = len(journal.rows)
             answer = hot.answer(kind, event.get("method", "GET") == "HEAD", token, _headers(event), event["address"])
-            if answer.outcome != "recorded" and len(journal.rows) == before:
+            if answer.outcome != "recorded":
                 raise ValueError(f"case {case['id']} event {i}: not recorded ({answer.outcome})")
             which[decode_row(journal.rows[-1])["id"]] = (case, i)
     return journal.rows, which
