@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.classify import machine_reason
+from app.verdicts.rules import machine_reason
 from app.copyrows import RowEncoder, decode_row
 from app.events import RawEvent, RowMaker
 from app.settings import Settings
@@ -61,10 +61,11 @@ def test_row_trims_and_classifies() -> None:
     event = RawEvent(1 << 80, 1_700_000_000.5, False, payload, "192.0.2.1", None, b"Mozilla/5.0")
     encoder = RowEncoder(Settings())
     row = decode_row(encoder.from_event(event)[0])
-    assert row["kind"] == "open" and row["is_machine"] is True and row["machine_reason"] == "apple_privacy_proxy"
+    assert row["kind"] == "open" and row["is_machine"] is True and row["machine_reason"] == "apple_mpp"
     assert row["ip"] == "192.0.2.0/24"
     head = decode_row(encoder.from_event(event._replace(is_head=True, user_agent=b"\xff\xfebad\x00ua"))[0])
     assert head["user_agent"] == "\ufffd\ufffdbad\ufffdua" and head["machine_reason"] == "head"
+    assert head["evidence"] == 1  # a format 1 record kept the method (HEAD), not the other headers
 
 
 @pytest.mark.parametrize(
@@ -72,16 +73,17 @@ def test_row_trims_and_classifies() -> None:
     [
         ("click", False, "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120 Safari/537.36", None),
         ("click", True, "Mozilla/5.0 (Windows NT 10.0) Chrome/120", "head"),
-        ("click", False, "Mozilla/5.0 (compatible; Barracuda Sentinel)", "security_scanner"),
-        ("click", False, "Mozilla/5.0 (compatible; Googlebot/2.1)", "bot"),
-        ("open", False, "Mozilla/5.0", "apple_privacy_proxy"),
-        ("click", False, "Mozilla/5.0", None),
+        ("click", False, "Barracuda Sentinel (EE)", "scanner_user_agent"),
+        ("click", False, "Mozilla/5.0 (compatible; Googlebot/2.1)", "declared_bot"),
+        ("open", False, "Mozilla/5.0", "apple_mpp"),
+        ("click", False, "Mozilla/5.0", "minimal_user_agent"),
         ("open", False, None, "no_user_agent"),
-        ("click", False, "python-httpx/0.28.1", None),
+        ("click", True, None, "head,no_user_agent"),
+        ("click", False, "python-httpx/0.28.1", "http_library"),
     ],
 )
 def test_machine_reasons(kind: str, head: bool, ua: str | None, reason: str | None) -> None:
-    assert machine_reason(kind, head, ua) == reason
+    assert machine_reason(kind, 1 if head else 0, ua) == reason
 
 
 async def test_end_to_end_trusted_proxy_and_trimmed_user_agent(tmp_path, database_url: str) -> None:
