@@ -10,10 +10,10 @@ import asyncpg
 import httpx
 import pytest
 
-from app.verdicts.rules import machine_reason
 from app.copyrows import RowEncoder, decode_row
 from app.events import RawEvent, RowMaker
 from app.settings import Settings
+from app.verdicts.rules import machine_reason
 from tests.support import API_KEY, running, v1_payload, wait_for_count
 from trackd_links.tokens import KIND_OPEN, KeyRing
 
