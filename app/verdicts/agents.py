@@ -2,7 +2,7 @@
 
 Only user agents that *prove* a machine are flagged; anything else is a person (or unknown) and is
 left to the other evidence (method, headers, networks, timing). The evidence for every rule is in
-/work/shared/research/machine-traffic.md (sections 1, 2, 3 and 7) and in docs/user-agents.md.
+the sources named in docs/user-agents.md and docs/engagement.md.
 
 Two rules shape this module more than any list:
 
