@@ -104,6 +104,8 @@ DECLARE
     v_last_id uuid;
     v_newest timestamptz;
     v_revised bigint := 0;
+    v_work_mem text;
+    k_revise_slice constant int := 1000;
     a_at timestamptz[];
     a_id uuid[];
     a_reason text[];
@@ -125,6 +127,10 @@ BEGIN
     -- on, and none can still appear below it (the event feed's rule, app/analytics.py).
     v_xmin := pg_snapshot_xmin(pg_current_snapshot());
 
+    -- The neighbourhoods are sorted in memory (tens of MB for 50,000 events; one caller at a
+    -- time). Only for this statement: the revision's own plans are made with the usual setting.
+    v_work_mem := current_setting('work_mem');
+    PERFORM set_config('work_mem', '64MB', true);
     WITH batch AS MATERIALIZED (
         -- The next events in commit order (events_feed_idx).
         SELECT e.xid, e.id, e.occurred_at, e.campaign_id, e.recipient_id
@@ -139,90 +145,104 @@ BEGIN
     ),
     hood AS MATERIALIZED (
         -- Their neighbourhoods: every event of the same recipient and campaign within the widest
-        -- window (through the hash index on recipient_id; whatever pod wrote it, whenever).
-        SELECT e.occurred_at, e.id, e.kind, e.campaign_id, e.recipient_id, coalesce(e.link_index, -1) AS link,
-               e.addr_tag, e.sent_at, coalesce(e.evidence, 0) AS evidence, e.is_machine,
-               CASE WHEN e.is_machine THEN coalesce(e.machine_reason, 'machine') END AS old_reason,
-               CASE WHEN e.is_machine THEN string_to_array(coalesce(e.machine_reason, 'machine'), ',')
-                    ELSE '{}'::text[] END AS old_codes
-        FROM keys k
-        JOIN events e ON e.recipient_id = k.recipient_id AND e.campaign_id = k.campaign_id
-                     AND e.occurred_at >= k.lo AND e.occurred_at <= k.hi
+        -- window (through the hash index on recipient_id, in the partitions of those days only;
+        -- whatever pod wrote it, whenever), and how many there are (most recipients: one).
+        SELECT n.* FROM keys k
+        CROSS JOIN LATERAL (
+            SELECT e.occurred_at, e.id, e.kind, e.campaign_id, e.recipient_id, coalesce(e.link_index, -1) AS link,
+                   e.addr_tag, e.sent_at, coalesce(e.evidence, 0) AS evidence,
+                   CASE WHEN e.is_machine THEN coalesce(e.machine_reason, 'machine') END AS old_reason,
+                   CASE WHEN e.is_machine THEN string_to_array(coalesce(e.machine_reason, 'machine'), ',')
+                        ELSE '{}'::text[] END AS old_codes,
+                   count(*) OVER () AS n_key
+            FROM events e
+            WHERE e.recipient_id = k.recipient_id AND e.campaign_id = k.campaign_id
+              AND e.occurred_at >= k.lo AND e.occurred_at <= k.hi
+        ) n
     ),
-    hx AS MATERIALIZED (
-        -- burst: a click within p_burst_s of the recipient's previous or next click.
+    h0 AS (
         SELECT h.*,
-               h.kind = 'click' AND coalesce(
-                   h.occurred_at - lag(h.occurred_at) OVER w <= v_burst
-                   OR lead(h.occurred_at) OVER w - h.occurred_at <= v_burst, false) AS in_burst,
                -- a honeypot hit: the evidence says so, or (rows without evidence) the hot path did
-               (h.evidence & 64 <> 0 OR 'honeypot' = ANY(h.old_codes)) AS is_hit
+               (h.evidence & 64 <> 0 OR 'honeypot' = ANY(h.old_codes)) AS is_hit,
+               (h.evidence & 32 <> 0 AND h.occurred_at >= h.sent_at AND h.occurred_at <= h.sent_at + v_probable)
+                   AS is_probable
         FROM hood h
-        WINDOW w AS (PARTITION BY h.campaign_id, h.recipient_id, h.kind ORDER BY h.occurred_at, h.id)
     ),
-    bursts AS MATERIALIZED (
-        -- The clicks of bursts, this time or judged so earlier, whose address is known.
-        SELECT x.campaign_id, x.recipient_id, x.occurred_at, x.id, x.addr_tag FROM hx x
-        WHERE x.kind = 'click' AND x.addr_tag IS NOT NULL AND (x.in_burst OR 'burst' = ANY(x.old_codes))
+    -- Every rule but the last two needs two events of one recipient: the others (most of them)
+    -- skip the windows below. Windows only, no joins: each rule is a frame around each event.
+    m1 AS (
+        SELECT h.*,
+               -- burst: a click within p_burst_s of the recipient's previous or next click
+               h.kind = 'click' AND coalesce(
+                   h.occurred_at - lag(h.occurred_at) OVER w_kind <= v_burst
+                   OR lead(h.occurred_at) OVER w_kind - h.occurred_at <= v_burst, false) AS in_burst,
+               count(*) OVER w_link AS n_link
+        FROM h0 h WHERE h.n_key > 1
+        WINDOW w_kind AS (PARTITION BY h.campaign_id, h.recipient_id, h.kind ORDER BY h.occurred_at, h.id),
+               w_link AS (PARTITION BY h.campaign_id, h.recipient_id, h.kind, h.link)
     ),
-    addr_groups AS MATERIALIZED (
-        -- address_burst: only links (or pixels) with at least p_address_count events around.
-        SELECT g.* FROM (
-            SELECT x.campaign_id, x.recipient_id, x.kind, x.link, x.occurred_at, x.id, x.addr_tag,
-                   count(*) OVER (PARTITION BY x.campaign_id, x.recipient_id, x.kind, x.link) AS n
-            FROM hx x
-        ) g WHERE g.n >= p_address_count
+    m2 AS (
+        SELECT m.*,
+               -- the clicks of bursts, this time or judged so earlier
+               m.kind = 'click' AND (m.in_burst OR 'burst' = ANY(m.old_codes)) AS burst_click
+        FROM m1 m
     ),
-    addr_windows AS (
-        -- Windows [start, start + p_address_window_s] starting at an event, holding events of at
-        -- least p_address_count different addresses (any such window holding an event can be
-        -- moved right to start at its own first event, so these are all there are).
-        SELECT a.campaign_id, a.recipient_id, a.kind, a.link, a.occurred_at AS starts
-        FROM addr_groups a
-        JOIN addr_groups b ON b.campaign_id = a.campaign_id AND b.recipient_id = a.recipient_id
-                          AND b.kind = a.kind AND b.link = a.link
-                          AND b.occurred_at >= a.occurred_at AND b.occurred_at <= a.occurred_at + v_addr
-        GROUP BY a.campaign_id, a.recipient_id, a.kind, a.link, a.occurred_at, a.id
-        HAVING count(DISTINCT b.addr_tag) >= p_address_count
+    m3 AS (
+        SELECT m.*,
+               -- scan / honeypot_scan: a burst click or a hit from this address within p_scan_window_s
+               CASE WHEN m.addr_tag IS NOT NULL THEN count(*) FILTER (WHERE m.burst_click) OVER w_addr END AS bursts_by_addr,
+               CASE WHEN m.addr_tag IS NOT NULL THEN count(*) FILTER (WHERE m.is_hit) OVER w_addr END AS hits_by_addr,
+               -- honeypot_scan: a hit from any address within p_burst_s
+               count(*) FILTER (WHERE m.is_hit) OVER w_near AS hits_near,
+               -- address_burst: the addresses of this link (or pixel) from here to p_address_window_s on
+               CASE WHEN m.n_link >= p_address_count THEN array_agg(m.addr_tag) OVER w_ahead END AS addrs_ahead
+        FROM m2 m
+        WINDOW w_addr AS (PARTITION BY m.campaign_id, m.recipient_id, m.addr_tag ORDER BY m.occurred_at
+                          RANGE BETWEEN v_scan PRECEDING AND v_scan FOLLOWING),
+               w_near AS (PARTITION BY m.campaign_id, m.recipient_id ORDER BY m.occurred_at
+                          RANGE BETWEEN v_burst PRECEDING AND v_burst FOLLOWING),
+               w_ahead AS (PARTITION BY m.campaign_id, m.recipient_id, m.kind, m.link ORDER BY m.occurred_at
+                           RANGE BETWEEN CURRENT ROW AND v_addr FOLLOWING)
     ),
-    codes AS (
-        SELECT x.occurred_at, x.id, 'burst' AS code FROM hx x WHERE x.in_burst
-        UNION
-        SELECT g.occurred_at, g.id, 'address_burst' FROM addr_groups g
-        JOIN addr_windows w ON w.campaign_id = g.campaign_id AND w.recipient_id = g.recipient_id
-                           AND w.kind = g.kind AND w.link = g.link
-                           AND g.occurred_at >= w.starts AND g.occurred_at <= w.starts + v_addr
-        UNION
-        -- scan: from a burst click's address, within p_scan_window_s of it (not the burst's own clicks)
-        SELECT x.occurred_at, x.id, 'scan' FROM bursts c
-        JOIN hx x ON x.campaign_id = c.campaign_id AND x.recipient_id = c.recipient_id AND x.addr_tag = c.addr_tag
-                 AND x.occurred_at >= c.occurred_at - v_scan AND x.occurred_at <= c.occurred_at + v_scan
-        WHERE NOT x.in_burst AND NOT 'burst' = ANY(x.old_codes)
-        UNION
-        SELECT x.occurred_at, x.id, 'honeypot' FROM hx x WHERE x.is_hit
-        UNION
-        -- honeypot_scan: from the hit's address within p_scan_window_s, or from any within p_burst_s
-        SELECT x.occurred_at, x.id, 'honeypot_scan' FROM hx h
-        JOIN hx x ON x.campaign_id = h.campaign_id AND x.recipient_id = h.recipient_id
-                 AND x.occurred_at >= h.occurred_at - v_scan AND x.occurred_at <= h.occurred_at + v_scan
-                 AND NOT (x.occurred_at = h.occurred_at AND x.id = h.id)
-        WHERE h.is_hit AND NOT x.is_hit
-          AND ((x.addr_tag = h.addr_tag) OR (x.occurred_at >= h.occurred_at - v_burst AND x.occurred_at <= h.occurred_at + v_burst))
-        UNION
-        SELECT x.occurred_at, x.id, 'probable_network' FROM hx x
-        WHERE x.evidence & 32 <> 0 AND x.occurred_at >= x.sent_at AND x.occurred_at <= x.sent_at + v_probable
+    m4 AS (
+        SELECT m.*,
+               -- a window starting here holds p_address_count different addresses (any window that
+               -- does and holds an event can be moved right to start at an event: these are all)
+               m.addrs_ahead IS NOT NULL
+               AND (SELECT count(DISTINCT a) FROM unnest(m.addrs_ahead) AS a) >= p_address_count AS addr_start
+        FROM m3 m
+    ),
+    m5 AS (
+        SELECT m.*,
+               -- address_burst: inside such a window (one starting at most p_address_window_s before)
+               coalesce(bool_or(m.addr_start) OVER w_behind, false) AS in_addr_window
+        FROM m4 m
+        WINDOW w_behind AS (PARTITION BY m.campaign_id, m.recipient_id, m.kind, m.link ORDER BY m.occurred_at
+                            RANGE BETWEEN v_addr PRECEDING AND CURRENT ROW)
+    ),
+    flags AS (
+        SELECT m.occurred_at, m.id, m.old_reason, m.old_codes, m.in_burst AS f_burst, m.in_addr_window AS f_address,
+               NOT m.burst_click AND coalesce(m.bursts_by_addr, 0) > 0 AS f_scan, m.is_hit AS f_hit,
+               NOT m.is_hit AND (coalesce(m.hits_by_addr, 0) > 0 OR m.hits_near > 0) AS f_hit_scan,
+               m.is_probable AS f_probable
+        FROM m5 m
+        UNION ALL
+        SELECT h.occurred_at, h.id, h.old_reason, h.old_codes, false, false, false, h.is_hit, false, h.is_probable
+        FROM h0 h WHERE h.n_key = 1 AND (h.is_hit OR h.is_probable)
     ),
     verdict AS (
         -- The new reason: the codes already there, then the new ones in a fixed order.
-        SELECT x.occurred_at, x.id, x.old_reason,
-               concat_ws(',', x.old_reason, (
-                   SELECT string_agg(o.code, ',' ORDER BY o.n)
-                   FROM unnest(ARRAY['burst', 'address_burst', 'scan', 'honeypot', 'honeypot_scan', 'probable_network'])
-                        WITH ORDINALITY AS o(code, n)
-                   WHERE o.code = ANY(c.codes) AND o.code <> ALL(x.old_codes)
-               )) AS reason
-        FROM (SELECT c.occurred_at, c.id, array_agg(c.code) AS codes FROM codes c GROUP BY 1, 2) c
-        JOIN hx x ON x.occurred_at = c.occurred_at AND x.id = c.id
+        SELECT f.occurred_at, f.id, f.old_reason,
+               concat_ws(',', f.old_reason, nullif(concat_ws(',',
+                   CASE WHEN f.f_burst AND 'burst' <> ALL(f.old_codes) THEN 'burst' END,
+                   CASE WHEN f.f_address AND 'address_burst' <> ALL(f.old_codes) THEN 'address_burst' END,
+                   CASE WHEN f.f_scan AND 'scan' <> ALL(f.old_codes) THEN 'scan' END,
+                   CASE WHEN f.f_hit AND 'honeypot' <> ALL(f.old_codes) THEN 'honeypot' END,
+                   CASE WHEN f.f_hit_scan AND 'honeypot_scan' <> ALL(f.old_codes) THEN 'honeypot_scan' END,
+                   CASE WHEN f.f_probable AND 'probable_network' <> ALL(f.old_codes) THEN 'probable_network' END
+               ), '')) AS reason
+        FROM flags f
+        WHERE f.f_burst OR f.f_address OR f.f_scan OR f.f_hit OR f.f_hit_scan OR f.f_probable
     ),
     changes AS MATERIALIZED (
         SELECT j.occurred_at, j.id, j.reason FROM verdict j
@@ -237,11 +257,17 @@ BEGIN
            (SELECT array_agg(c.id ORDER BY c.occurred_at, c.id) FROM changes c),
            (SELECT array_agg(c.reason ORDER BY c.occurred_at, c.id) FROM changes c)
     INTO v_examined, v_last_xid, v_last_id, v_newest, a_at, a_id, a_reason;
+    PERFORM set_config('work_mem', v_work_mem, true);
 
-    -- Only what changes, once: every rollup follows (migration 008).
-    IF a_id IS NOT NULL THEN
-        v_revised := trackd_revise_verdicts(a_at, a_id, array_fill(true, ARRAY[cardinality(a_id)]), a_reason);
-    END IF;
+    -- Only what changes, once: every rollup follows (migration 008). In slices of
+    -- k_revise_slice events: for a few thousand recipients at once the revision's plan reads all
+    -- of recipient_touch instead of looking each one up (seconds, and growing with the table).
+    FOR i IN 0 .. coalesce(cardinality(a_id), 0) - 1 BY k_revise_slice LOOP
+        v_revised := v_revised + trackd_revise_verdicts(
+            a_at[i + 1 : i + k_revise_slice], a_id[i + 1 : i + k_revise_slice],
+            array_fill(true, ARRAY[least(k_revise_slice, cardinality(a_id) - i)]),
+            a_reason[i + 1 : i + k_revise_slice]);
+    END LOOP;
 
     RETURN QUERY
     UPDATE verdict_progress p SET
