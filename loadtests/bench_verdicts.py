@@ -57,7 +57,8 @@ FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int[], $6
 ORDER BY occurred_at, id
 """
 _HISTORY = """
-INSERT INTO events (id, occurred_at, kind, campaign_id, recipient_id, link_index, is_machine, sent_at, evidence, addr_tag)
+INSERT INTO events (id, occurred_at, kind, campaign_id, recipient_id, link_index, is_machine, sent_at, evidence,
+                    addr_tag)
 SELECT gen_random_uuid(), $1::timestamptz + make_interval(secs => (i % $3) * ($4::float8 / $3)),
        CASE WHEN i % 4 = 0 THEN 'click' ELSE 'open' END, $5, 'h' || (i % ($2 / 3)),
        CASE WHEN i % 4 = 0 THEN i % 8 END, false, $1::timestamptz - interval '10 minutes', 12::smallint,
@@ -117,8 +118,8 @@ async def run(events: int, history: int, limit: int) -> dict[str, object]:
                     print(f"{history:,} stored events in {time.perf_counter() - started:.1f} s", flush=True)
                 # The stored events count as judged: the watermark moves past them.
                 await conn.execute(
-                    "UPDATE verdict_progress SET watermark_xid = ((pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-                    " - 1)::text)::xid8, watermark_id = 'ffffffff-ffff-ffff-ffff-ffffffffffff'"
+                    "UPDATE verdict_progress SET watermark_id = 'ffffffff-ffff-ffff-ffff-ffffffffffff',"
+                    " watermark_xid = ((pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1)::text)::xid8"
                 )
                 await conn.execute("VACUUM ANALYZE events")
                 rows, burst_events = make_events(events, random.Random(11))

@@ -261,7 +261,7 @@ async def test_judging_again_changes_nothing(fresh_db: asyncpg.Connection) -> No
     first = await scenario(fresh_db, events)
     assert (await judge(fresh_db))["examined"] == 0
     # The same events judged from the start again: nothing changes.
-    await fresh_db.execute("UPDATE verdict_progress SET watermark_xid = '1', watermark_id = '00000000-0000-0000-0000-000000000000'")
+    await fresh_db.execute("UPDATE verdict_progress SET watermark_xid = '1', watermark_id = $1", uuid.UUID(int=0))
     again = await judge(fresh_db)
     assert again["examined"] == len(events) and again["revised"] == 0
     assert await verdicts(fresh_db, events) == first

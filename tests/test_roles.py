@@ -461,7 +461,9 @@ async def test_the_service_role_judges_deferred_verdicts(svc: asyncpg.Connection
     )
     while (await svc.fetchrow("SELECT * FROM trackd_judge_verdicts()"))["more"]:
         pass
-    reasons = await owner.fetch("SELECT machine_reason FROM events WHERE campaign_id = 'roles-judge' ORDER BY occurred_at")
+    reasons = await owner.fetch(
+        "SELECT machine_reason FROM events WHERE campaign_id = 'roles-judge' ORDER BY occurred_at"
+    )
     assert [r["machine_reason"] for r in reasons] == ["burst"] * 3
     assert await svc.fetchval("SELECT caught_up_at IS NOT NULL FROM verdict_progress")
     assert await owner.fetch("SELECT * FROM trackd_rollup_drift('roles-judge')") == []

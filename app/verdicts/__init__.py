@@ -1,0 +1,1 @@
+"""Verdicts: whether an open or click was a person's or a machine's, and why."""
