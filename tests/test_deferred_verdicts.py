@@ -5,13 +5,20 @@ rule with the case it must not catch; rollups exact after every judgement (tests
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncpg
+import pytest
+from pydantic import ValidationError
 
-from app.db import migration_files
+from app.db import create_pool, migration_files
+from app.metrics import Metrics
+from app.settings import Settings
+from app.verdicts.deferred import DeferredJudge
 from tests.conftest import _with_database, create_database
 from tests.rollup_support import BASE, assert_exact
 
@@ -377,3 +384,57 @@ async def test_events_from_before_the_migration_are_not_judged(admin_dsn: str) -
 
 async def _same_database(conn: asyncpg.Connection, admin_dsn: str) -> str:
     return _with_database(admin_dsn, await conn.fetchval("SELECT current_database()"))
+
+
+# -- the service's task -------------------------------------------------------------------------------
+
+
+def test_the_rules_windows_are_settings_with_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACKD_BURST_SECONDS", "1.5")
+    monkeypatch.setenv("TRACKD_ADDRESS_BURST_COUNT", "4")
+    settings = Settings()
+    assert (settings.burst_seconds, settings.address_burst_count, settings.verdict_interval_s) == (1.5, 4, 1.0)
+    for bad in ({"burst_seconds": 0}, {"address_burst_count": 1}, {"verdict_interval_s": 0},
+                {"scan_window_s": -1}, {"verdict_batch_rows": 10}):  # fmt: skip
+        with pytest.raises(ValidationError):
+            Settings(**bad)  # type: ignore[arg-type]
+
+
+async def test_the_task_judges_until_caught_up_and_counts(fresh_db: asyncpg.Connection, admin_dsn: str,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    url = await _same_database(fresh_db, admin_dsn)
+    settings = Settings(database_url=url, data_dir=tmp_path, verdict_batch_rows=100)
+    pool = await create_pool(settings, url)
+    metrics = Metrics()
+    try:
+        events = [click(i * 10 + j * 0.4, recipient=f"t{i}", link=j) for i in range(150) for j in range(2)]
+        await insert(fresh_db, events)
+        judge_task = DeferredJudge(settings, pool, metrics)
+        assert await judge_task.round() is False  # three calls of 100, then caught up
+        assert await verdicts(fresh_db, events) == ["burst"] * 300
+        assert metrics.verdicts_examined._value.get() == 300
+        assert metrics.verdicts_revised._value.get() == 300
+        judge_task._show_lag()
+        assert 0 <= metrics.verdicts_lag._value.get() < 5
+    finally:
+        await asyncio.wait_for(pool.close(), 10)
+    await assert_exact(fresh_db)
+
+
+async def test_the_task_says_a_database_error_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = "postgresql://nobody@127.0.0.1:9/nothing"  # nothing listens on the discard port
+    settings = Settings(database_url=url, data_dir=tmp_path, verdict_interval_s=0.01)
+    pool = await create_pool(settings, url)
+    metrics = Metrics()
+    task = asyncio.create_task(DeferredJudge(settings, pool, metrics).run())
+    try:
+        await asyncio.sleep(0.5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(pool.close(), 10)
+    failures = [r for r in caplog.records if r.name == "trackd.verdicts"]
+    assert len(failures) == 1 and "judging deferred verdicts failed" in failures[0].getMessage()
+    assert not failures[0].exc_info
+    assert metrics.verdict_errors._value.get() >= 3
