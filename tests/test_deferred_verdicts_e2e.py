@@ -70,6 +70,7 @@ async def test_two_servers_judge_one_burst_as_one_server_does(tmp_path: Path, fr
                 assert time.monotonic() - last_click < SETTLED_WITHIN_S, got
                 await asyncio.sleep(0.1)
             settled_s = time.monotonic() - last_click
+            print(f"verdicts settled {settled_s:.2f} s after the last click")
             assert got[split] == got[whole]
             assert got[person] == [(False, None)]
             assert await conn.fetch("SELECT * FROM trackd_rollup_drift($1)", campaign) == []
