@@ -1,6 +1,6 @@
 # trackd: `make run` serves on an embedded PostgreSQL; `make test` runs the whole suite;
 # `make bench` / `bench-soak` / `bench-growth` / `bench-writer` / `bench-stats` / `bench-fleet` /
-# `bench-rewrite` / `loadtest` measure it (docs/benchmarks.md).
+# `bench-rewrite` / `bench-verdicts` / `loadtest` measure it (docs/benchmarks.md).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,8 +8,8 @@ PIP    := $(BIN)/pip --disable-pip-version-check --no-input
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-fast test-pythons typecheck lint deps-debian need-wrk constraints sizing clean \
-	bench bench-soak bench-growth bench-writer bench-stats bench-fleet bench-rewrite bench-profile bench-hostile loadtest \
-	eval-truth
+	bench bench-soak bench-growth bench-writer bench-stats bench-fleet bench-rewrite bench-profile bench-hostile bench-verdicts \
+	loadtest eval-truth
 
 # Debian packages the tests drive, as command:package. Installed with apt-get when we are root;
 # otherwise make stops and names them. chromium: tests/test_dashboard.py; promtool (package
@@ -154,6 +154,12 @@ bench-stats: $(STAMP)
 # flagged, overall and per class (docs/engagement.md). EVAL_ARGS=--verbose lists every miss.
 eval-truth: $(STAMP)
 	$(BIN)/python -m tests.tools.eval_truth $(EVAL_ARGS)
+
+# Deferred verdicts (migration 011): BENCH_VERDICTS_EVENTS (200,000) new events, 10 % of them
+# scanner bursts, judged by trackd_judge_verdicts in calls of BENCH_VERDICTS_LIMIT (50,000) over
+# BENCH_VERDICTS_HISTORY (1,000,000) stored events; events/s judged, docs/bench/verdicts.json.
+bench-verdicts: $(STAMP)
+	$(BIN)/python -m loadtests.bench_verdicts
 
 # Many pods, one primary: BENCH_FLEET (4) trackd processes with their own journals against one
 # PostgreSQL, all under load at once, then one process; docs/bench/fleet.json (docs/scaling.md).

@@ -37,6 +37,7 @@ from app.pgserver import EmbeddedPostgres
 from app.ratelimit import Buckets
 from app.services import Services
 from app.settings import Settings
+from app.verdicts.deferred import DeferredJudge
 from app.verdicts.networks import Networks, NetworksError
 from app.writer import Writer
 from trackd_links.tokens import KeyRing, load_or_create_dev_key
@@ -102,6 +103,9 @@ async def _prepare_schema(svc: Services) -> None:
     # may wait on locks; the writer must not).
     assert svc.lifecycle is not None
     svc.lifecycle_task = asyncio.create_task(svc.lifecycle.run(), name="trackd-lifecycle")
+    # Deferred verdicts (migration 011): every pod asks, one call at a time judges.
+    assert svc.verdicts is not None
+    svc.verdicts_task = asyncio.create_task(svc.verdicts.run(), name="trackd-verdicts")
 
 
 async def _every_second(svc: Services) -> None:
@@ -203,6 +207,7 @@ def create_app(settings: Settings | None = None) -> HotPath:
         svc.writer = Writer(settings, journal, svc.pool, metrics)
         svc.heartbeat = Heartbeat(svc.pool, svc.writer)
         svc.lifecycle = LifecycleTask(settings, svc.pool, dsn, metrics)
+        svc.verdicts = DeferredJudge(settings, svc.pool, metrics)
         api.state.services = svc
         hot.journal = journal
         schema_task = asyncio.create_task(_prepare_schema(svc), name="trackd-schema")
@@ -224,7 +229,7 @@ def create_app(settings: Settings | None = None) -> HotPath:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            for side_task in (svc.heartbeat_task, svc.lifecycle_task):
+            for side_task in (svc.heartbeat_task, svc.lifecycle_task, svc.verdicts_task):
                 if side_task is not None:
                     side_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -156,6 +156,25 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        # Deferred verdicts (app/verdicts/deferred.py): what this process's calls judged, and how far
+        # behind judging is (from verdict_progress: every process reads the same row, so they agree).
+        self.verdicts_examined = Counter(
+            "trackd_verdicts_examined", "Events judged by the deferred rules (this process's calls).", registry=r
+        )
+        self.verdicts_revised = Counter(
+            "trackd_verdicts_revised",
+            "Events whose verdict the deferred rules changed (person to machine, or reasons added).",
+            registry=r,
+        )
+        self.verdict_errors = Counter(
+            "trackd_verdict_errors", "Calls of the deferred verdicts that failed (the database's error).", registry=r
+        )
+        self.verdicts_lag = Gauge(
+            "trackd_verdicts_lag_seconds",
+            "Seconds since the deferred verdicts last caught up: every event committed before then is judged.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         Gauge("trackd_build_info", "Build information.", ["version"], registry=r, multiprocess_mode="max").labels(
             __version__
         ).set(1)

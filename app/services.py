@@ -11,6 +11,7 @@ from app.journal import Journal
 from app.lifecycle import LifecycleTask
 from app.metrics import HotPathMeter, Metrics
 from app.settings import Settings
+from app.verdicts.deferred import DeferredJudge
 from app.writer import Writer
 from trackd_links.tokens import KeyRing
 
@@ -28,6 +29,8 @@ class Services:
     heartbeat_task: asyncio.Task[None] | None = None
     lifecycle: LifecycleTask | None = None
     lifecycle_task: asyncio.Task[None] | None = None
+    verdicts: DeferredJudge | None = None
+    verdicts_task: asyncio.Task[None] | None = None
     schema_ready: bool = False
     shutting_down: bool = False
     api_keys: tuple[bytes, ...] = field(default_factory=tuple)

@@ -148,6 +148,21 @@ class Settings(BaseSettings):
     # Engagement truth (docs/engagement.md): extra address lists for the verdicts, in the format of
     # the bundled app/verdicts/networks.csv (docs/networks-file.md); read at start and on SIGHUP.
     networks_file: Path | None = None
+    # Deferred verdicts (app/verdicts/deferred.py, migration 011; docs/analytics.md): every pod asks
+    # PostgreSQL this often to judge the events committed since the last judgement, at most
+    # verdict_batch_rows at a time (again at once while a batch comes back full).
+    verdict_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    verdict_batch_rows: int = Field(default=20_000, ge=100, le=1_000_000)
+    # The rules' windows: clicks of one recipient chained by gaps of at most burst_seconds are a
+    # burst; one link (or pixel) from address_burst_count addresses within address_window_s is an
+    # address burst; the rest of a burst's or honeypot hit's scan is what came from its address
+    # within scan_window_s; a probable vendor network is a machine only within probable_window_s
+    # of the send.
+    burst_seconds: float = Field(default=2.0, gt=0, le=60)
+    address_window_s: float = Field(default=30.0, gt=0, le=3600)
+    address_burst_count: int = Field(default=3, ge=2, le=1000)
+    scan_window_s: float = Field(default=60.0, ge=0, le=3600)
+    probable_window_s: float = Field(default=600.0, ge=0, le=7 * 86_400)
     # /metrics: on the main port (default), on a port of its own, and/or behind a bearer key.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_key: str | None = None

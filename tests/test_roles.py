@@ -446,3 +446,26 @@ async def test_a_planted_function_is_never_run_as_the_owner(svc: asyncpg.Connect
         for signature in planted:
             await svc.execute(f"DROP FUNCTION IF EXISTS {signature.split(' RETURNS')[0]}")
         await owner.execute("REVOKE CREATE ON SCHEMA public FROM trackd_service")
+
+
+async def test_the_service_role_judges_deferred_verdicts(svc: asyncpg.Connection, owner: asyncpg.Connection) -> None:
+    """As the service role: trackd_judge_verdicts (owner's rights) revises events and their
+    rollups, which the service itself may not write; it reads how far judging has got."""
+    at = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
+    await owner.execute("SELECT trackd_ensure_partitions(ARRAY['2026-11-20']::date[])")
+    await owner.execute(
+        "INSERT INTO events (id, occurred_at, kind, campaign_id, recipient_id, link_index)"
+        " SELECT gen_random_uuid(), $1::timestamptz + make_interval(secs => i * 0.3), 'click', 'roles-judge', 'r', i"
+        " FROM generate_series(0, 2) AS i",
+        at,
+    )
+    while (await svc.fetchrow("SELECT * FROM trackd_judge_verdicts()"))["more"]:
+        pass
+    reasons = await owner.fetch(
+        "SELECT machine_reason FROM events WHERE campaign_id = 'roles-judge' ORDER BY occurred_at"
+    )
+    assert [r["machine_reason"] for r in reasons] == ["burst"] * 3
+    assert await svc.fetchval("SELECT caught_up_at IS NOT NULL FROM verdict_progress")
+    assert await owner.fetch("SELECT * FROM trackd_rollup_drift('roles-judge')") == []
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await svc.execute("UPDATE verdict_progress SET revised = 0")
