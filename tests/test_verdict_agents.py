@@ -131,6 +131,12 @@ MACHINES: list[tuple[str, str, str, str]] = [
     ("CUA Embedly", "click", "Mozilla/5.0 (compatible; Embedly/0.2; +http://support.embed.ly/)", "link_preview"),
     ("CUA Embedly", "click", "Embedly +support@embed.ly", "link_preview"),
     ("code corpus (preview fetcher test)", "click", "Iframely/1.3.1", "link_preview"),
+    (
+        "crawler-user-agents.json (FlipboardProxy)",
+        "click",
+        "Mozilla/5.0 (compatible; FlipboardProxy/1.2; +http://flipboard.com/browserproxy)",
+        "link_preview",
+    ),
     ("CUA Pinterest", "click", "Pinterest/0.2 (+http://www.pinterest.com/bot.html)", "link_preview"),
     (
         "CUA Pinterest",

@@ -166,6 +166,8 @@ LINK_PREVIEW_MARKERS: Final[tuple[str, ...]] = (
     "Quora Link Preview",
     "Bluesky Cardyb",
     "http.rb (Mastodon/",
+    # Flipboard's fetcher of shared links (crawler-user-agents.json, pattern "FlipboardProxy").
+    "FlipboardProxy",
 )
 # Only as the UA's first word: the WhatsApp fetcher (`WhatsApp/2.19.81 A`, `WhatsApp/2.12.15/i`)
 # and Pinterest's (`Pinterest/0.2 (+http://www.pinterest.com/bot.html)`): crawler-user-agents.json.

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from app.verdicts.deferred import judge_all
+from app.verdicts.deferred import _JUDGE
 
 from app.copyrows import COLUMNS, COPY_HEADER, COPY_TRAILER, RowEncoder, decode_row
 from app.db import migrate
@@ -165,11 +165,23 @@ def replay(cases: Iterable[dict[str, Any]], settings: Settings | None = None) ->
     return journal.rows, which
 
 
+async def judge_all(conn: asyncpg.Connection, settings: Settings) -> None:
+    """Judge every committed event, as the service's DeferredJudge does (same statement)."""
+    while True:
+        row = await conn.fetchrow(_JUDGE, settings.verdict_batch_rows, settings.burst_seconds,
+                                  settings.address_window_s, settings.address_burst_count,
+                                  settings.scan_window_s, settings.probable_window_s)  # fmt: skip
+        assert row is not None and row["judged"], "another judge holds the lock"
+        if not row["more"]:
+            return
+
+
 async def evaluate(conn: asyncpg.Connection, cases: list[dict[str, Any]], settings: Settings | None = None) -> Report:
     """Replay the cases into the (migrated) database of `conn`, judge, and compare."""
     settings = settings or Settings()
     rows, which = replay(cases, settings)
-    days = sorted({(SENT_AT + dt.timedelta(days=d)).date() for d in range(3)})
+    last = max(float(e["t"]) for c in cases for e in c["events"])
+    days = sorted({(SENT_AT + dt.timedelta(days=d)).date() for d in range(int(last // 86_400) + 2)})
     await conn.execute("SELECT trackd_ensure_partitions($1::date[])", days)
     data = COPY_HEADER + b"".join(rows) + COPY_TRAILER
     await conn.copy_to_table("events", source=memoryview(data), columns=COLUMNS, format="binary")  # type: ignore[arg-type]
