@@ -122,7 +122,10 @@ BEGIN
                             NULL::timestamptz FROM verdict_progress p;
         RETURN;
     END IF;
-    SELECT p.watermark_xid, p.watermark_id INTO v_xid, v_id FROM verdict_progress p FOR UPDATE;
+    -- No FOR UPDATE (the lock above is what serializes callers): a row lock would give this
+    -- transaction an xid from its start, holding back pg_snapshot_xmin, and with it the event
+    -- feed, for the whole call; it gets one only when it revises, near its end.
+    SELECT p.watermark_xid, p.watermark_id INTO v_xid, v_id FROM verdict_progress p;
     -- Transactions below this one have all ended: every event they wrote is visible from here
     -- on, and none can still appear below it (the event feed's rule, app/analytics.py).
     v_xmin := pg_snapshot_xmin(pg_current_snapshot());
