@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     # address burst; the rest of a burst's or honeypot hit's scan is what came from its address
     # within scan_window_s; a probable vendor network is a machine only within probable_window_s
     # of the send.
-    burst_seconds: float = Field(default=2.0, gt=0, le=60)
+    burst_seconds: float = Field(default=1.0, gt=0, le=60)
     address_window_s: float = Field(default=30.0, gt=0, le=3600)
     address_burst_count: int = Field(default=3, ge=2, le=1000)
     scan_window_s: float = Field(default=60.0, ge=0, le=3600)

@@ -142,8 +142,8 @@ async def test_a_chain_of_clicks_is_one_burst(fresh_db: asyncpg.Connection) -> N
 
 
 async def test_a_chain_longer_than_the_window_is_one_burst(fresh_db: asyncpg.Connection) -> None:
-    """Gaps of 1.5 s over a minute and a half: every click is within the window of the next."""
-    events = [click(i * 1.5, link=i % 4) for i in range(60)]
+    """Gaps of 0.9 s over most of a minute: every click is within the window of the next."""
+    events = [click(i * 0.9, link=i % 4) for i in range(60)]
     assert await scenario(fresh_db, events) == ["burst"] * 60
 
 
@@ -160,9 +160,20 @@ async def test_bursts_are_per_recipient(fresh_db: asyncpg.Connection) -> None:
 
 
 async def test_reasons_are_added_not_replaced(fresh_db: asyncpg.Connection) -> None:
-    events = [click(0, machine=True, reason="scanner_network"), click(0.4, machine=True, reason="head,burst"),
-              click(0.8)]  # fmt: skip
-    assert await scenario(fresh_db, events) == ["scanner_network,burst", "head,burst", "burst"]
+    events = [click(0, machine=True, reason="address_burst"), click(0.4, machine=True, reason="burst"), click(0.8)]
+    assert await scenario(fresh_db, events) == ["address_burst,burst", "burst", "burst"]
+
+
+async def test_a_click_judged_at_receipt_does_not_take_the_persons_click_into_a_burst(
+    fresh_db: asyncpg.Connection,
+) -> None:
+    """Office probes a link (office_discovery), then opens the browser 0.7 s later; Safe Links
+    checks a link from Microsoft's network just before the person's own click: neither is a burst
+    with the click that follows (tests/data/engagement: office-probe-then-browser-click)."""
+    probe = [click(0, machine=True, reason="office_discovery", addr=3), click(0.7, addr=3)]
+    check = [click(0, recipient="r2", machine=True, reason="scanner_network", addr=4),
+             click(0.4, recipient="r2", addr=5)]  # fmt: skip
+    assert await scenario(fresh_db, [*probe, *check]) == ["office_discovery", None, "scanner_network", None]
 
 
 # -- scan: the rest of a burst's scan ---------------------------------------------------------------
@@ -239,8 +250,8 @@ async def test_a_honeypot_hit_takes_its_scan_with_it(fresh_db: asyncpg.Connectio
 
 async def test_a_hit_known_only_by_its_reason_counts(fresh_db: asyncpg.Connection) -> None:
     """Rows without evidence (written before it was kept): the reason code says honeypot."""
-    events = [click(0, link=9, evidence=None, machine=True, reason="honeypot", addr=None), click(1.5, link=0, addr=3)]
-    assert await scenario(fresh_db, events) == ["honeypot,burst", "burst,honeypot_scan"]
+    events = [click(0, link=9, evidence=None, machine=True, reason="honeypot", addr=None), click(0.5, link=0, addr=3)]
+    assert await scenario(fresh_db, events) == ["honeypot", "honeypot_scan"]
 
 
 async def test_a_hit_the_hot_path_did_not_call_machine_is_one(fresh_db: asyncpg.Connection) -> None:

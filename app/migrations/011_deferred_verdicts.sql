@@ -6,8 +6,13 @@
 -- scanner's five clicks land on whichever pods the load balancer picks):
 --
 --   burst            two or more clicks of one recipient in one campaign, each within
---                    p_burst_s (2 s) of the next: every click of the chain is a machine's
---                    (research: machine-traffic.md §3 row 15, Marketo's "proximity pattern")
+--                    p_burst_s (1 s) of the next: every click of the chain is a machine's
+--                    (research: machine-traffic.md §3 row 15, Marketo's "proximity pattern").
+--                    Clicks the hot path already judged a machine's (HEAD, a prefetch, Office's
+--                    link probe, a scanner network, ...) are not part of a chain: such a request
+--                    often comes just before the person's own click (Office probes a link, then
+--                    opens the browser; Safe Links checks it at click time), so it must not
+--                    take that click with it.
 --   address_burst    one link of one recipient (or the recipient's pixel) fetched from
 --                    p_address_count (3) or more different addresses (addr_tag) within
 --                    p_address_window_s (30 s): every event of that window (row 16)
@@ -80,7 +85,7 @@ VALUES (((pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1)::text)::xid
 -- Idempotent: judging the same events again finds every reason already there and changes nothing.
 CREATE FUNCTION trackd_judge_verdicts(
     p_limit int DEFAULT 50000,
-    p_burst_s float8 DEFAULT 2.0,
+    p_burst_s float8 DEFAULT 1.0,
     p_address_window_s float8 DEFAULT 30,
     p_address_count int DEFAULT 3,
     p_scan_window_s float8 DEFAULT 60,
@@ -168,20 +173,24 @@ BEGIN
                -- a honeypot hit: the evidence says so, or (rows without evidence) the hot path did
                (h.evidence & 64 <> 0 OR 'honeypot' = ANY(h.old_codes)) AS is_hit,
                (h.evidence & 32 <> 0 AND h.occurred_at >= h.sent_at AND h.occurred_at <= h.sent_at + v_probable)
-                   AS is_probable
+                   AS is_probable,
+               -- judged a machine's at receipt (a code that is not a deferred one)
+               NOT (h.old_codes <@ ARRAY['burst', 'address_burst', 'scan', 'honeypot_scan', 'probable_network'])
+                   AS at_receipt
         FROM hood h
     ),
     -- Every rule but the last two needs two events of one recipient: the others (most of them)
     -- skip the windows below. Windows only, no joins: each rule is a frame around each event.
     m1 AS (
         SELECT h.*,
-               -- burst: a click within p_burst_s of the recipient's previous or next click
-               h.kind = 'click' AND coalesce(
+               -- burst: a click within p_burst_s of the recipient's previous or next click, among
+               -- the clicks not judged at receipt
+               h.kind = 'click' AND NOT h.at_receipt AND coalesce(
                    h.occurred_at - lag(h.occurred_at) OVER w_kind <= v_burst
                    OR lead(h.occurred_at) OVER w_kind - h.occurred_at <= v_burst, false) AS in_burst,
                count(*) OVER w_link AS n_link
         FROM h0 h WHERE h.n_key > 1
-        WINDOW w_kind AS (PARTITION BY h.campaign_id, h.recipient_id, h.kind ORDER BY h.occurred_at, h.id),
+        WINDOW w_kind AS (PARTITION BY h.campaign_id, h.recipient_id, h.kind, h.at_receipt ORDER BY h.occurred_at, h.id),
                w_link AS (PARTITION BY h.campaign_id, h.recipient_id, h.kind, h.link)
     ),
     m2 AS (
