@@ -40,6 +40,9 @@ COUNTERS = (
     "trackd_write_errors",
     "trackd_write_retries",
     "trackd_journal_damaged",
+    "trackd_verdicts_examined",
+    "trackd_verdicts_revised",
+    "trackd_verdict_errors",
 )
 HISTOGRAMS = (
     "trackd_request_duration_seconds",
@@ -60,6 +63,7 @@ GAUGES = (
     "trackd_events_bytes",
     "trackd_events_oldest_partition_timestamp_seconds",
     "trackd_events_newest_partition_timestamp_seconds",
+    "trackd_verdicts_lag_seconds",
     "up",  # Prometheus's own, per scrape target
 )
 KNOWN_METRICS = frozenset(

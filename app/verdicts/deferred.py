@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from app.db import Pool
+from app.db import Connection, Pool
 from app.metrics import Metrics
 from app.settings import Settings
 
@@ -43,15 +43,20 @@ class Judgement:
 
 async def judge_once(pool: Pool, settings: Settings) -> Judgement:
     async with pool.acquire() as conn:
-        row = await conn.fetchrow(
-            _JUDGE,
-            settings.verdict_batch_rows,
-            settings.burst_seconds,
-            settings.address_window_s,
-            settings.address_burst_count,
-            settings.scan_window_s,
-            settings.probable_window_s,
-        )
+        return await judge_on(conn, settings)
+
+
+async def judge_on(conn: Connection, settings: Settings) -> Judgement:
+    """One call of the judge on `conn`, with the settings' windows (also `make eval-truth`)."""
+    row = await conn.fetchrow(
+        _JUDGE,
+        settings.verdict_batch_rows,
+        settings.burst_seconds,
+        settings.address_window_s,
+        settings.address_burst_count,
+        settings.scan_window_s,
+        settings.probable_window_s,
+    )
     assert row is not None
     return Judgement(row["judged"], row["examined"], row["revised"], row["more"], row["lag_s"])
 

@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from app.verdicts.deferred import _JUDGE
 
 from app.copyrows import COLUMNS, COPY_HEADER, COPY_TRAILER, RowEncoder, decode_row
 from app.db import migrate
 from app.hotpath import HotPath
 from app.metrics import HotPathMeter, Metrics
 from app.settings import Settings
+from app.verdicts.deferred import judge_on
 from app.verdicts.networks import Networks
 from trackd_links.tokens import KeyRing, SigningKey
 
@@ -168,11 +168,9 @@ def replay(cases: Iterable[dict[str, Any]], settings: Settings | None = None) ->
 async def judge_all(conn: asyncpg.Connection, settings: Settings) -> None:
     """Judge every committed event, as the service's DeferredJudge does (same statement)."""
     while True:
-        row = await conn.fetchrow(_JUDGE, settings.verdict_batch_rows, settings.burst_seconds,
-                                  settings.address_window_s, settings.address_burst_count,
-                                  settings.scan_window_s, settings.probable_window_s)  # fmt: skip
-        assert row is not None and row["judged"], "another judge holds the lock"
-        if not row["more"]:
+        done = await judge_on(conn, settings)
+        assert done.judged, "another judge holds the lock"
+        if not done.more:
             return
 
 
