@@ -48,6 +48,16 @@ async def find_event(conn: asyncpg.Connection, event_id: uuid.UUID) -> asyncpg.R
     return await conn.fetchrow(_BY_ID_ANYWHERE, event_id)
 
 
+def _full_address(ip: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The stored address when it is a whole one (TRACKD_IP_MODE=full); None for a network (the
+    default /24 or /48) or none. asyncpg gives an inet as an address or an interface."""
+    if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return ip
+    if isinstance(ip, ipaddress.IPv4Interface | ipaddress.IPv6Interface) and ip.network.num_addresses == 1:
+        return ip.ip
+    return None
+
+
 def _method(bits: int | None) -> str:
     if bits is None:
         return "not kept"
@@ -89,8 +99,9 @@ async def explain(conn: asyncpg.Connection, event_id: uuid.UUID, networks: Netwo
         lines.append(f"  seen             {', '.join(seen) if seen else none}")
     if e["sent_at"] is not None:
         lines.append(f"  since the send   {_seconds(e['occurred_at'] - e['sent_at'])}")
-    if ip is not None and ip.num_addresses == 1:
-        for entry in networks.entries_for(ipaddress.ip_address(ip.network_address), kind):
+    full = _full_address(ip)
+    if full is not None:
+        for entry in networks.entries_for(full, kind):
             lines.append(f"  network list     {entry.network} {entry.label} ({entry.certainty}, {entry.scope};"
                          f" {entry.source}, {entry.date}; {entry.origin})")  # fmt: skip
     lines.append("rules that fired")
