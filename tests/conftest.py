@@ -14,7 +14,7 @@ import pytest
 
 from app.db import migrate
 from app.pgserver import EmbeddedPostgres
-from tests.support import API_KEY, PgBouncer, ServerProcess, embedded_postgres, pgbouncer
+from tests.support import API_KEY, BROWSER_UA, PgBouncer, ServerProcess, embedded_postgres, pgbouncer
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +74,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Itera
 
 @pytest.fixture
 def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=10, follow_redirects=False) as c:
+    # A person's browser: httpx's own user agent would be judged a machine's (http_library).
+    with httpx.Client(base_url=server.base_url, timeout=10, follow_redirects=False,
+                      headers={"User-Agent": BROWSER_UA}) as c:  # fmt: skip
         yield c
 
 

@@ -25,6 +25,9 @@ from trackd_links.tokens import KIND_CLICK, KeyRing
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGNING_KEYS = "k2:test-secret-number-two-abcdef,k1:test-secret-number-one-abcdef"
+# What the tests' clients send as a person's browser: since the engagement rules (docs/engagement.md)
+# an HTTP library's own user agent (python-httpx/...) is judged a machine's, as it should be.
+BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
 API_KEY = "test-api-key-0123456789"
 
 
