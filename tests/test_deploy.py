@@ -395,6 +395,8 @@ def test_service_monitor_scrapes_metrics(overlay: str) -> None:
 OWNER_KEY = "DATABASE_URL_OWNER"
 OWNER_JOBS = {("Job", "trackd-migrate", "migrate"), ("CronJob", "trackd-prune", "prune")}
 PROD_SETUP = "Production set-up, end to end"
+# What the docs (and migrate-job.yaml) apply first: the migrate Job and what its pod needs.
+MIGRATE_FIRST = "app.kubernetes.io/name in (trackd-migrate,trackd-owner-jobs)"
 
 
 def pod_templates(docs: tuple[dict[str, Any], ...]) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -509,12 +511,16 @@ def test_prod_migrates_in_a_job_as_the_owner_and_serves_as_the_service_role(monk
     # Straight to PostgreSQL, not PgBouncer.
     owner = settings_of(docs, c, monkeypatch)
     assert owner.database_url == DUMMY_DSN and owner.db_pgbouncer is False
-    # Self-contained: `kubectl apply -k k8s/overlays/prod -l app.kubernetes.io/name=trackd-migrate`
-    # (the docs' first step of an upgrade) applies the Job alone, so it may need nothing else the
-    # overlay makes (the hashed ConfigMap of the release would not be there yet).
+    # Self-contained: `kubectl apply -k k8s/overlays/prod -l MIGRATE_FIRST` (the docs' first step)
+    # applies the Job and its NetworkPolicy alone, so the Job may need nothing else the overlay
+    # makes (the hashed ConfigMap of the release would not be there yet).
     assert "envFrom" not in c and all(set(v) == {"name", "emptyDir"} for v in pod["volumes"])
-    selected = [d["kind"] for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/name") == "trackd-migrate"]
-    assert selected == ["Job"]
+    found = re.fullmatch(r"([\w./-]+) in \((.*)\)", MIGRATE_FIRST)
+    assert found and f"-l '{MIGRATE_FIRST}'" in (K8S / "components" / "owner-jobs" / "migrate-job.yaml").read_text()
+    key, values = found.groups()
+    labelled = values.split(",")
+    selected = {(d["kind"], d["metadata"]["name"]) for d in docs if d["metadata"]["labels"].get(key) in labelled}
+    assert selected == {("Job", "trackd-migrate"), ("NetworkPolicy", "trackd-owner-jobs")}
     # The serving pods: the service role through PgBouncer, and they wait for the owner's migration.
     served = settings_of(docs, container(docs), monkeypatch)
     assert served.migrate is False and served.db_pgbouncer is True
@@ -564,7 +570,8 @@ def test_the_owner_jobs_reach_postgres_and_nothing_else_reaches_them() -> None:
         assert mine, (kind, name, "not isolated: any traffic in and out")
         for p in mine:
             assert set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"} and not p["spec"].get("ingress")
-        egress = {(port["port"], port.get("protocol", "TCP")) for p in mine for r in p["spec"]["egress"] for port in r["ports"]}
+        rules = [rule for p in mine for rule in p["spec"]["egress"]]
+        egress = {(port["port"], port.get("protocol", "TCP")) for rule in rules for port in rule["ports"]}
         assert egress == {(5432, "TCP"), (53, "UDP"), (53, "TCP")}, (kind, name)
         selectors = [{"matchLabels": d["spec"]["selector"]} for d in docs if d["kind"] == "Service"]
         selectors += [d["spec"]["selector"] for d in docs if d["kind"] == "PodDisruptionBudget"]
@@ -592,7 +599,7 @@ def test_the_production_setup_is_described_end_to_end_with_names_that_exist(doc:
         "kubectl apply -k k8s/overlays/prod",
         "kubectl -n trackd wait --for=condition=complete job/trackd-migrate",
         "kubectl -n trackd delete job trackd-migrate --ignore-not-found",
-        "-l app.kubernetes.io/name=trackd-migrate",
+        f"kubectl apply -k k8s/overlays/prod -l '{MIGRATE_FIRST}'",
         OWNER_KEY,
         "TRACKD_MIGRATE=false",
         "database-roles.md",
