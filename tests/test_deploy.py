@@ -511,16 +511,22 @@ def test_prod_migrates_in_a_job_as_the_owner_and_serves_as_the_service_role(monk
     # Straight to PostgreSQL, not PgBouncer.
     owner = settings_of(docs, c, monkeypatch)
     assert owner.database_url == DUMMY_DSN and owner.db_pgbouncer is False
-    # Self-contained: `kubectl apply -k k8s/overlays/prod -l MIGRATE_FIRST` (the docs' first step)
-    # applies the Job and its NetworkPolicy alone, so the Job may need nothing else the overlay
-    # makes (the hashed ConfigMap of the release would not be there yet).
+    # Self-contained: `kubectl apply -k k8s/overlays/prod -l MIGRATE_FIRST` (the docs' first step,
+    # on a first install too) applies the Job with its NetworkPolicy and ServiceAccount alone, so
+    # its pod may need nothing else the overlay makes: no ConfigMap (the release's hashed one would
+    # not be there yet), no volume but emptyDirs, an account of its own; the Secret is made by hand.
     assert "envFrom" not in c and all(set(v) == {"name", "emptyDir"} for v in pod["volumes"])
     found = re.fullmatch(r"([\w./-]+) in \((.*)\)", MIGRATE_FIRST)
     assert found and f"-l '{MIGRATE_FIRST}'" in (K8S / "components" / "owner-jobs" / "migrate-job.yaml").read_text()
     key, values = found.groups()
     labelled = values.split(",")
     selected = {(d["kind"], d["metadata"]["name"]) for d in docs if d["metadata"]["labels"].get(key) in labelled}
-    assert selected == {("Job", "trackd-migrate"), ("NetworkPolicy", "trackd-owner-jobs")}
+    assert selected == {
+        ("Job", "trackd-migrate"),
+        ("NetworkPolicy", "trackd-owner-jobs"),
+        ("ServiceAccount", "trackd-owner-jobs"),
+    }
+    assert ("ServiceAccount", pod["serviceAccountName"]) in selected
     # The serving pods: the service role through PgBouncer, and they wait for the owner's migration.
     served = settings_of(docs, container(docs), monkeypatch)
     assert served.migrate is False and served.db_pgbouncer is True
