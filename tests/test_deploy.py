@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 import re
 import shlex
 import shutil
@@ -86,6 +87,16 @@ def config(docs: tuple[dict[str, Any], ...]) -> dict[str, str]:
     return one(docs, "ConfigMap")["data"]
 
 
+def named(docs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
+def network_policy(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    """The serving pods' NetworkPolicy (prod has one more, for the owner's Jobs)."""
+    return named(docs, "NetworkPolicy", "trackd")
+
+
 def service(docs: tuple[dict[str, Any], ...], name: str = "trackd") -> dict[str, Any]:
     (found,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == name]
     return found
@@ -126,6 +137,25 @@ def autoscalers(docs: tuple[dict[str, Any], ...]) -> Iterator[tuple[str, dict[st
             yield d["kind"], d["spec"]["scaleTargetRef"], d["spec"]["minReplicaCount"], d["spec"]["maxReplicaCount"]
 
 
+def assert_locked_down(pod: dict[str, Any], c: dict[str, Any]) -> None:
+    """Non-root (the image's user), no token, no privilege, a read-only root with an emptyDir /tmp,
+    and resources requested and limited."""
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False and not sc.get("privileged")
+    assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add")
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    for part in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(c["resources"][part]), part
+
+
 # --- rendering and schemas -------------------------------------------------------------------
 
 
@@ -144,7 +174,9 @@ def test_every_object_validates_strictly(overlay: str, version: str) -> None:
     }
     assert expected <= kinds
     if overlay == "prod":
-        assert "Ingress" in kinds
+        assert {"Ingress", "Job", "CronJob"} <= kinds
+    else:
+        assert not {"Job", "CronJob"} & kinds  # dev migrates at start, with one URL
     for doc in docs:
         if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
             continue
@@ -154,7 +186,7 @@ def test_every_object_validates_strictly(overlay: str, version: str) -> None:
 def test_the_secret_template_validates_and_is_only_placeholders() -> None:
     doc = yaml.safe_load((K8S / "base" / "secret.template.yaml").read_text())
     kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
-    assert set(doc["stringData"]) == {"DATABASE_URL", "TRACKD_SIGNING_KEYS", "TRACKD_API_KEYS"}
+    assert set(doc["stringData"]) == {"DATABASE_URL", "DATABASE_URL_OWNER", "TRACKD_SIGNING_KEYS", "TRACKD_API_KEYS"}
     assert all("REPLACE_ME" in value for value in doc["stringData"].values())
     for overlay in OVERLAYS:  # never rendered: an apply must not overwrite the real keys
         assert "Secret" not in {d["kind"] for d in render(overlay)}
@@ -185,20 +217,11 @@ def test_pod_runs_locked_down(overlay: str) -> None:
     docs = render(overlay)
     pod = pod_spec(docs)
     c = container(docs)
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == 10001
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert pod["automountServiceAccountToken"] is False
-    sc = c["securityContext"]
-    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001
-    assert sc["readOnlyRootFilesystem"] is True
-    assert sc["allowPrivilegeEscalation"] is False
-    assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add")
+    assert_locked_down(pod, c)
     # The read-only root needs somewhere to write: the journal (an emptyDir in dev, its claim in
     # prod: test_the_journal_is_a_claim_per_pod_in_prod_and_an_empty_dir_in_dev) and /tmp.
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert set(mounts) == {"/var/lib/trackd", "/tmp"} and "emptyDir" in volumes[mounts["/tmp"]]
+    assert set(mounts) == {"/var/lib/trackd", "/tmp"}
     assert config(docs)["TRACKD_DATA_DIR"] == "/var/lib/trackd"
 
 
@@ -262,7 +285,7 @@ def test_selectors_match_the_pods(overlay: str) -> None:
     for svc in (d for d in docs if d["kind"] == "Service"):
         assert svc["spec"]["selector"].items() <= labels.items(), svc["metadata"]["name"]
     assert one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert network_policy(docs)["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     # Exactly one Service scraped (a StatefulSet's headless Service too would scrape every pod twice).
     monitored = one(docs, "ServiceMonitor")["spec"]["selector"]["matchLabels"].items()
     scraped = [
@@ -351,7 +374,7 @@ def test_prod_thresholds_are_the_sizing_of_the_committed_benchmark() -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_network_policy_lets_in_http_and_out_only_postgres_and_dns(overlay: str) -> None:
-    spec = one(render(overlay), "NetworkPolicy")["spec"]
+    spec = network_policy(render(overlay))["spec"]
     assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
     assert [p["port"] for rule in spec["ingress"] for p in rule["ports"]] == ["http"]
     egress_ports = {(p["port"], p.get("protocol", "TCP")) for rule in spec["egress"] for p in rule["ports"]}
@@ -365,6 +388,240 @@ def test_service_monitor_scrapes_metrics(overlay: str) -> None:
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
     assert [p["name"] for p in service(render(overlay))["spec"]["ports"]] == ["http"]
+
+
+# --- the owner's Jobs (prod): migrate and prune -----------------------------------------------
+
+OWNER_KEY = "DATABASE_URL_OWNER"
+OWNER_JOBS = {("Job", "trackd-migrate", "migrate"), ("CronJob", "trackd-prune", "prune")}
+PROD_SETUP = "Production set-up, end to end"
+# What the docs (and migrate-job.yaml) apply first: the migrate Job and what its pod needs.
+MIGRATE_FIRST = "app.kubernetes.io/name in (trackd-migrate,trackd-owner-jobs)"
+
+
+def pod_templates(docs: tuple[dict[str, Any], ...]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(kind, name, pod template) of every object that makes pods."""
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet", "Job"):
+            yield d["kind"], d["metadata"]["name"], d["spec"]["template"]
+        elif d["kind"] == "CronJob":
+            yield d["kind"], d["metadata"]["name"], d["spec"]["jobTemplate"]["spec"]["template"]
+
+
+def secret_keys_seen(pod: dict[str, Any], c: dict[str, Any]) -> set[str]:
+    """The keys of trackd-secrets container c can read ("*": all of them, by envFrom or a volume)."""
+    keys = {
+        e["valueFrom"]["secretKeyRef"]["key"]
+        for e in c.get("env", [])
+        if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "trackd-secrets"
+    }
+    if any(f.get("secretRef", {}).get("name") == "trackd-secrets" for f in c.get("envFrom", [])):
+        keys.add("*")
+    mounted = {m["name"] for m in c.get("volumeMounts", [])}
+    for v in pod.get("volumes", []):
+        if v["name"] in mounted and v.get("secret", {}).get("secretName") == "trackd-secrets":
+            keys.add("*")
+        for source in v.get("projected", {}).get("sources", []):
+            if v["name"] in mounted and source.get("secret", {}).get("name") == "trackd-secrets":
+                keys.add("*")
+    return keys
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels, matchExpressions) against a pod's labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        ok = {
+            "In": labels.get(key) in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+DUMMY_DSN = "postgresql://role:secret@db.example.com:5432/trackd"
+
+
+def settings_of(docs: tuple[dict[str, Any], ...], c: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The Settings container c gets: its ConfigMaps (envFrom), then its env over them, as
+    Kubernetes does; the database URL from the Secret is a stand-in."""
+    maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    env: dict[str, str] = {}
+    for source in c.get("envFrom", []):
+        env.update(maps[source["configMapRef"]["name"]])
+    for e in c.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif e["name"] == "DATABASE_URL":
+            env[e["name"]] = DUMMY_DSN
+    for name in list(os.environ):
+        if name.startswith("TRACKD_") or name in ("DATABASE_URL", "PROMETHEUS_MULTIPROC_DIR"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def owner_job_pod(docs: tuple[dict[str, Any], ...], kind: str, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod spec, its one container) of an owner Job, checked to log in as the owner, directly."""
+    (template,) = [t for k, n, t in pod_templates(docs) if (k, n) == (kind, name)]
+    pod = template["spec"]
+    assert not pod.get("initContainers")
+    (c,) = pod["containers"]
+    assert "command" not in c, "the image's entrypoint (it refuses migrate without DATABASE_URL)"
+    ref = {e["name"]: e for e in c["env"]}["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "trackd-secrets", "key": OWNER_KEY}, "required: no owner URL, no pod"
+    assert pod["restartPolicy"] in ("Never", "OnFailure")
+    # The release being rolled out, not another one.
+    assert c["image"] == container(docs)["image"]
+    assert_locked_down(pod, c)
+    return pod, c
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_owner_jobs_see_the_owner_url(overlay: str) -> None:
+    """Issue #16: migrations as the owner, the service as the service role. The owner's URL is
+    read by the migrate Job and the prune CronJob, and by no serving container (nor init container)."""
+    docs = render(overlay)
+    seen = set()
+    for kind, name, template in pod_templates(docs):
+        spec = template["spec"]
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            keys = secret_keys_seen(spec, c)
+            assert "*" not in keys, (kind, name, c["name"], "every key of trackd-secrets")
+            if OWNER_KEY in keys:
+                seen.add((kind, name, c["name"]))
+    assert seen == (OWNER_JOBS if overlay == "prod" else set())
+    # The serving pods log in with DATABASE_URL (test_secrets_come_from_the_secret...), never the owner's.
+    assert OWNER_KEY not in secret_keys_seen(pod_spec(docs), container(docs))
+
+
+def test_prod_migrates_in_a_job_as_the_owner_and_serves_as_the_service_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = render("prod")
+    job = named(docs, "Job", "trackd-migrate")
+    pod, c = owner_job_pod(docs, "Job", "trackd-migrate")
+    assert c["args"] == ["trackd", "migrate"]
+    assert job["spec"]["backoffLimit"] >= 1  # PostgreSQL not up yet: tried again
+    assert job["spec"]["activeDeadlineSeconds"] > 0
+    # Straight to PostgreSQL, not PgBouncer.
+    owner = settings_of(docs, c, monkeypatch)
+    assert owner.database_url == DUMMY_DSN and owner.db_pgbouncer is False
+    # Self-contained: `kubectl apply -k k8s/overlays/prod -l MIGRATE_FIRST` (the docs' first step,
+    # on a first install too) applies the Job with its NetworkPolicy and ServiceAccount alone, so
+    # its pod may need nothing else the overlay makes: no ConfigMap (the release's hashed one would
+    # not be there yet), no volume but emptyDirs, an account of its own; the Secret is made by hand.
+    assert "envFrom" not in c and all(set(v) == {"name", "emptyDir"} for v in pod["volumes"])
+    found = re.fullmatch(r"([\w./-]+) in \((.*)\)", MIGRATE_FIRST)
+    assert found and f"-l '{MIGRATE_FIRST}'" in (K8S / "components" / "owner-jobs" / "migrate-job.yaml").read_text()
+    key, values = found.groups()
+    labelled = values.split(",")
+    selected = {(d["kind"], d["metadata"]["name"]) for d in docs if d["metadata"]["labels"].get(key) in labelled}
+    assert selected == {
+        ("Job", "trackd-migrate"),
+        ("NetworkPolicy", "trackd-owner-jobs"),
+        ("ServiceAccount", "trackd-owner-jobs"),
+    }
+    assert ("ServiceAccount", pod["serviceAccountName"]) in selected
+    # The serving pods: the service role through PgBouncer, and they wait for the owner's migration.
+    served = settings_of(docs, container(docs), monkeypatch)
+    assert served.migrate is False and served.db_pgbouncer is True
+    # Waiting (unready) must not get them killed: liveness and startup ask /healthz, which answers.
+    assert {container(docs)[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe")} == {"/healthz"}
+
+
+def test_dev_migrates_at_start_with_one_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = render("dev")
+    served = settings_of(docs, container(docs), monkeypatch)
+    assert served.migrate is True and served.db_pgbouncer is False and served.database_url == DUMMY_DSN
+    assert not [n for k, n, _ in pod_templates(docs) if k != "Deployment"]
+
+
+def test_prod_prunes_hourly_as_the_owner_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = render("prod")
+    spec = named(docs, "CronJob", "trackd-prune")["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    minute, hour, day, month, weekday = spec["schedule"].split()
+    assert minute.isdigit() and (day, month, weekday) == ("*", "*", "*"), spec["schedule"]
+    every_s = 3600 if hour == "*" else 86400
+    assert hour == "*" or hour.isdigit(), spec["schedule"]
+    job = spec["jobTemplate"]["spec"]
+    # A stuck run ends before the next is due (Forbid would skip that one otherwise).
+    assert 0 < job["activeDeadlineSeconds"] < every_s
+    assert "startingDeadlineSeconds" in spec  # a long controller outage does not queue runs
+    _, c = owner_job_pod(docs, "CronJob", "trackd-prune")
+    assert c["args"] == ["trackd", "prune"]
+    # The pods' own settings, but a direct connection (prune refuses TRACKD_DB_PGBOUNCER=true) and
+    # a retention to apply.
+    owner = settings_of(docs, c, monkeypatch)
+    assert owner.database_url == DUMMY_DSN and owner.db_pgbouncer is False
+    assert owner.retention_days > 0 and owner.per_second_retention_days > 0
+    assert "TRACKD_RETENTION_DAYS" not in config(docs), "the pods would log that they do not prune"
+
+
+def test_the_owner_jobs_reach_postgres_and_nothing_else_reaches_them() -> None:
+    """Their own NetworkPolicy: nothing in, PostgreSQL and DNS out; and no Service, PDB or
+    workload counts their pods as trackd's serving pods."""
+    docs = render("prod")
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    jobs = [(k, n, t) for k, n, t in pod_templates(docs) if k in ("Job", "CronJob")]
+    assert {(k, n) for k, n, _ in jobs} == {(k, n) for k, n, _ in OWNER_JOBS}
+    for kind, name, template in jobs:
+        labels = template["metadata"]["labels"]
+        mine = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
+        assert mine, (kind, name, "not isolated: any traffic in and out")
+        for p in mine:
+            assert set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"} and not p["spec"].get("ingress")
+        rules = [rule for p in mine for rule in p["spec"]["egress"]]
+        egress = {(port["port"], port.get("protocol", "TCP")) for rule in rules for port in rule["ports"]}
+        assert egress == {(5432, "TCP"), (53, "UDP"), (53, "TCP")}, (kind, name)
+        selectors = [{"matchLabels": d["spec"]["selector"]} for d in docs if d["kind"] == "Service"]
+        selectors += [d["spec"]["selector"] for d in docs if d["kind"] == "PodDisruptionBudget"]
+        selectors += [workload(docs)["spec"]["selector"], network_policy(docs)["spec"]["podSelector"]]
+        for selector in selectors:
+            assert not selects(selector, labels), (kind, name, selector)
+
+
+def _section(path: Path, title: str) -> str:
+    """The text of the markdown section titled `title`, up to the next heading of its level or above."""
+    text = path.read_text()
+    found = re.search(rf"^(#+) {re.escape(title)}\n", text, re.M)
+    assert found, f"{path.name}: no section {title!r}"
+    level = len(found[1])
+    end = re.search(rf"^#{{1,{level}}} ", text[found.end() :], re.M)
+    return text[found.end() : found.end() + end.start() if end else len(text)]
+
+
+@pytest.mark.parametrize("doc", ["scaling.md", "runbook.md"])
+def test_the_production_setup_is_described_end_to_end_with_names_that_exist(doc: str) -> None:
+    """Issue #16, done when: docs/scaling.md and docs/runbook.md describe the production set-up end
+    to end. The commands name objects the prod overlay makes, under their rendered names."""
+    text = _section(ROOT / "docs" / doc, PROD_SETUP)
+    for needed in (
+        "kubectl apply -k k8s/overlays/prod",
+        "kubectl -n trackd wait --for=condition=complete job/trackd-migrate",
+        "kubectl -n trackd delete job trackd-migrate --ignore-not-found",
+        f"kubectl apply -k k8s/overlays/prod -l '{MIGRATE_FIRST}'",
+        OWNER_KEY,
+        "TRACKD_MIGRATE=false",
+        "database-roles.md",
+    ):
+        assert needed in text, (doc, needed)
+    docs = render("prod")
+    names = {(d["kind"].lower(), d["metadata"]["name"]) for d in docs}
+    short = {"job": "job", "cronjob": "cronjob", "statefulset": "statefulset", "sts": "statefulset",
+             "scaledobject": "scaledobject", "ingress": "ingress", "networkpolicy": "networkpolicy"}  # fmt: skip
+    refs = re.findall(r"\b(job|cronjob|statefulset|sts|scaledobject|ingress|networkpolicy)[/ ](trackd[a-z0-9-]*)", text)
+    assert refs
+    for kind, name in refs:
+        assert (short[kind], name) in names, (doc, kind, name)
+    template = yaml.safe_load((K8S / "base" / "secret.template.yaml").read_text())
+    for key in re.findall(r"--from-literal=([A-Z_]+)=", text):
+        assert key in template["stringData"], (doc, key)
 
 
 # --- linters ---------------------------------------------------------------------------------
