@@ -47,6 +47,10 @@ def _log_trackd_notice(conn: Connection, message: asyncpg.PostgresLogMessage, /)
         log.warning("%s", text.removeprefix("trackd: "))
 
 
+# How long the client waits for one migration (the server's statement_timeout is off for them).
+_MIGRATION_TIMEOUT_S = 6 * 3600.0
+
+
 async def migrate(conn: Connection) -> list[str]:
     """Apply pending migrations in order, each in its own transaction, under a transaction-level
     advisory lock, so that several pods or workers starting at once apply each exactly once. Then
@@ -64,7 +68,11 @@ async def migrate(conn: Connection) -> list[str]:
     try:
         for name, sql in migration_files():
             async with conn.transaction(isolation="read_committed"):
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                # A migration may rebuild what a big table holds (a backfill), and waiting for the
+                # lock is waiting for another pod's migration: neither is cut short by
+                # TRACKD_DB_STATEMENT_TIMEOUT_MS, which is meant for the service's own statements.
+                await conn.execute("SET LOCAL statement_timeout = 0")
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK, timeout=_MIGRATION_TIMEOUT_S)
                 # Inside the lock: whoever held it before us may have just applied this one.
                 await conn.execute(
                     "CREATE TABLE IF NOT EXISTS trackd_migrations"
@@ -72,7 +80,7 @@ async def migrate(conn: Connection) -> list[str]:
                 )
                 if await conn.fetchval("SELECT 1 FROM trackd_migrations WHERE name = $1", name):
                     continue
-                await conn.execute(sql)
+                await conn.execute(sql, timeout=_MIGRATION_TIMEOUT_S)
                 await conn.execute("INSERT INTO trackd_migrations (name) VALUES ($1)", name)
             log.info("applied migration %s", name)
             applied.append(name)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.copyrows import RowEncoder, decode_row, split_rows
+from app.copyrows import COLUMNS_V2, RowEncoder, decode_row, split_rows
 from app.events import RawEvent
 from app.journal import (
+    MAGIC_ROWS_V2,
     MAX_FRAME_ROWS,
     Batch,
     Journal,
@@ -313,6 +316,42 @@ async def test_format_1_records_of_an_earlier_version_are_still_read(tmp_path: P
     batch = reader.read(1000)
     assert batch is not None and sorted(ids_of(batch)) == [0, 1, 2, 3, 4]
     assert [e.id for e in batch.legacy] == [0, 1, 2] and batch.count == 5
+    assert reader.damage.corrupt_records == 0
+
+
+def _as_format_3(frame: bytes) -> bytes:
+    """A format 4 frame of rows made the way format 3 wrote them: the rows of COLUMNS_V2 (no
+    evidence, no address tag), under format 3's magic and checksum."""
+    head_size = 10  # magic, length, crc
+    chunk = decode_chunk(frame[head_size:])
+    rows = []
+    for row in split_rows(chunk.rows):
+        fields = decode_row(row)
+        assert fields["evidence"] is not None
+        # Drop the last two fields (evidence: 4 + 2 bytes; addr_tag: 4 + 2 bytes, or 4 for NULL).
+        tail = 6 + (4 if fields["addr_tag"] is None else 6)
+        rows.append(struct.pack(">h", len(COLUMNS_V2)) + row[2:-tail])
+    body = frame[head_size : head_size + 20] + b"".join(rows)
+    crc = zlib.crc32(body, zlib.crc32(MAGIC_ROWS_V2, len(body)))
+    return MAGIC_ROWS_V2 + struct.pack("<II", len(body), crc) + body
+
+
+def test_format_3_frames_written_before_evidence_was_kept_are_read_with_it_null(tmp_path: Path) -> None:
+    """An upgrade past migration 010 strands nothing: format 3 frames (rows of 15 columns) come
+    back as rows of every column, evidence and address tag NULL, next to today's frames."""
+    directory = tmp_path / "v3"
+    directory.mkdir()
+    old = _as_format_3(frame_rows([make_row(1), make_row(2)], _T0_US, _T0_US))
+    (directory / "00000001.seg").write_bytes(old + frame_rows([make_row(3)], _T0_US, _T0_US))
+    (reader,) = orphans(tmp_path, None)
+    batch = reader.read(1000)
+    assert batch is not None and sorted(ids_of(batch)) == [1, 2, 3]
+    rows = [decode_row(r) for c in batch.chunks for r in split_rows(c.rows)]
+    assert [(r["evidence"], r["addr_tag"]) for r in rows[:2]] == [(None, None), (None, None)]
+    assert rows[2]["evidence"] == 0 and rows[2]["addr_tag"] is not None
+    assert {k: v for k, v in rows[0].items() if k not in ("id", "occurred_at", "evidence", "addr_tag")} == {
+        k: v for k, v in decode_row(make_row(1)).items() if k not in ("id", "occurred_at", "evidence", "addr_tag")
+    }
     assert reader.damage.corrupt_records == 0
 
 

@@ -469,3 +469,24 @@ async def test_the_service_role_judges_deferred_verdicts(svc: asyncpg.Connection
     assert await owner.fetch("SELECT * FROM trackd_rollup_drift('roles-judge')") == []
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await svc.execute("UPDATE verdict_progress SET revised = 0")
+
+
+async def test_a_migration_longer_than_the_statement_timeout_is_not_cut_short(
+    fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TRACKD_DB_STATEMENT_TIMEOUT_MS is for the service's statements: a migration that rebuilds
+    what a big table holds (and waiting for another pod's migration) takes what it takes."""
+    import app.db
+
+    files = migration_files()
+    monkeypatch.setattr(app.db, "migration_files", lambda: [*files, ("999_slow.sql", "SELECT pg_sleep(0.6)")])
+    conn = await asyncpg.connect(fresh_database_url, server_settings={"statement_timeout": "200"})
+    try:
+        applied = await migrate(conn)
+        assert applied[-1] == "999_slow.sql"
+        assert await conn.fetchval("SELECT count(*) FROM trackd_migrations WHERE name = '999_slow.sql'") == 1
+        assert await conn.fetchval("SHOW statement_timeout") == "200ms"  # only the migrations' own
+        with pytest.raises(asyncpg.QueryCanceledError):
+            await conn.execute("SELECT pg_sleep(0.6)")
+    finally:
+        await conn.close()
