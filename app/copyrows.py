@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from app.events import RawEvent, RowMaker
 from app.settings import Settings
 from app.verdicts import evidence
+from app.verdicts.evidence import AddressTags
 from app.verdicts.networks import Match, Networks
 from app.verdicts.rules import machine_reason
 from trackd_links.tokens import (
@@ -100,7 +101,8 @@ class Client(NamedTuple):
     """What an event keeps of its client, made once per distinct (peer, X-Forwarded-For)."""
 
     field: bytes  # the `ip` field (anonymised by TRACKD_IP_MODE)
-    tag: bytes  # the `addr_tag` field: a keyed 16-bit tag of the full address
+    packed: bytes | None  # the full address, for its tag (evidence.AddressTags); kept nowhere
+    tag_mask: int  # how many bits of the tag the row keeps
     open_bits: int  # evidence bits of the address's network list entries for an open ...
     click_bits: int  # ... and for a click
 
@@ -124,7 +126,7 @@ class RowEncoder:
     def __init__(self, settings: Settings, networks: Networks | None = None, tag_key: bytes = b"") -> None:
         self.maker = RowMaker(settings)
         self.networks = networks
-        self.tags = evidence.AddressTags(tag_key)
+        self.tags = AddressTags(tag_key)
         # The same clients and user agents come back again and again; a miss costs a few
         # microseconds of `ipaddress` or regular expressions, a hit a dictionary lookup. The
         # caches are bounded in bytes too: an entry holds a user agent (cut to the configured
@@ -156,7 +158,10 @@ class RowEncoder:
         if address is not None and self.networks is not None:
             open_bits = _network_bits(self.networks.match(address, "open"))
             click_bits = _network_bits(self.networks.match(address, "click"))
-        return Client(inet_field(self.maker.ip_text(address)), self.tags.field(address), open_bits, click_bits)
+        text = self.maker.ip_text(address)
+        # An IPv4 /24 in the row: a short tag (AddressTags), so that the two never name the address.
+        mask = AddressTags.V4_NETWORK_MASK if text is not None and text.endswith("/24") else AddressTags.FULL_MASK
+        return Client(inet_field(text), address.packed if address is not None else None, mask, open_bits, click_bits)
 
     # The two row makers of the hot path, from a token's claims (app.tokens: the version 2
     # plaintext layout). Their fields go into the row as they are: a one-byte length becomes an
@@ -193,7 +198,8 @@ class RowEncoder:
             _HEAD.pack(_FIELDS, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client.field, agent.fields,
             _SENT_LINK.pack(8, sent_at * 1_000_000 - _PG_EPOCH_US, 4, link_index),
             _LEN3, claims[7:end], _LEN3, claims[end:recipient_end],
-            _I32.pack(len(url)), url, name, _PART_FIELDS[flags & 3], message, evidence.FIELDS[bits], client.tag,
+            _I32.pack(len(url)), url, name, _PART_FIELDS[flags & 3], message, evidence.FIELDS[bits],
+            self.tags.field(client.packed, claims[7:recipient_end], client.tag_mask),
         )), url, agent.machine  # fmt: skip
 
     def open_row(
@@ -217,7 +223,7 @@ class RowEncoder:
             _HEAD.pack(_FIELDS, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client.field, agent,
             _SENT_NO_LINK.pack(8, sent_at * 1_000_000 - _PG_EPOCH_US), _NULL,
             _LEN3, claims[5:end], _LEN3, claims[end:recipient_end], _NULL, _NULL, _NULL, message,
-            evidence.FIELDS[bits], client.tag,
+            evidence.FIELDS[bits], self.tags.field(client.packed, claims[5:recipient_end], client.tag_mask),
         ))  # fmt: skip
 
     def row(self, id_hi: int, id_lo: int, received_us: int, kind: int, bits: int, user_agent: bytes | None,

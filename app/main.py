@@ -135,17 +135,27 @@ def _reload_networks_on_sighup(settings: Settings, rows: RowEncoder) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
 
-    def reload() -> None:
+    loop = asyncio.get_running_loop()
+    running: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        # Read off the event loop: a file of thousands of ranges takes a fraction of a second to
+        # parse, which would hold every request for as long. The swap is one assignment.
         try:
-            networks = Networks.load(settings.networks_file)
+            networks = await asyncio.to_thread(Networks.load, settings.networks_file)
         except (NetworksError, OSError) as exc:
             log.error("SIGHUP: network lists not reloaded, the ones in use are kept: %s", exc)
             return
         rows.set_networks(networks)
         log.info("SIGHUP: network lists reloaded (%d entries)", len(networks))
 
+    def on_sighup() -> None:
+        task = loop.create_task(reload(), name="trackd-reload-networks")
+        running.add(task)  # a reference until it is done (the loop keeps only a weak one)
+        task.add_done_callback(running.discard)
+
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
 
 
 def _announce_shutdown_on_sigterm(svc: Services, delay_s: float) -> None:

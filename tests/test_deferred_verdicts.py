@@ -449,3 +449,29 @@ async def test_the_task_says_a_database_error_once(tmp_path: Path, caplog: pytes
     assert len(failures) == 1 and "judging deferred verdicts failed" in failures[0].getMessage()
     assert not failures[0].exc_info
     assert metrics.verdict_errors._value.get() >= 3
+
+
+async def test_the_lag_grows_while_events_wait_behind_an_open_transaction(
+    fresh_db: asyncpg.Connection, admin_dsn: str
+) -> None:
+    """trackd_verdicts_lag_seconds is the age of what is not judged yet. A transaction that holds
+    an xid (a stuck writer, a migration, a psql session left open) keeps every later event behind
+    pg_snapshot_xmin; the lag must grow then, not read 0 (found in review)."""
+    other = await asyncpg.connect(await _same_database(fresh_db, admin_dsn))
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.fetchval("SELECT pg_current_xact_id()")  # holds an xid, like any open writer
+        events = [click(0), click(0.3, link=1)]
+        await insert(fresh_db, events)
+        await fresh_db.execute("SELECT pg_sleep(1.2)")
+        await judge(fresh_db)
+        assert await verdicts(fresh_db, events) == [None, None]  # not judged: behind the open transaction
+        lag = await fresh_db.fetchval("SELECT extract(epoch FROM now() - caught_up_at) FROM verdict_progress")
+        await tx.rollback()
+    finally:
+        await other.close()
+    assert lag >= 1.0, f"lag {lag}s while two committed events wait unjudged"
+    await judge(fresh_db)  # the transaction gone: judged, and caught up again
+    assert await verdicts(fresh_db, events) == ["burst", "burst"]
+    assert await fresh_db.fetchval("SELECT extract(epoch FROM now() - caught_up_at) FROM verdict_progress") < 1.0

@@ -64,5 +64,8 @@ async def test_explain_says_what_is_wrong_with_its_argument(fresh_database_url: 
         await conn.close()
     missing = explain(fresh_database_url, str(uuid.uuid4()))
     assert missing.returncode == 1 and "no event" in missing.stderr
+    # A version 7 id whose time is past year 9999 (found in review): no event, not a traceback.
+    future = explain(fresh_database_url, "ffffffff-ffff-7fff-bfff-ffffffffffff")
+    assert future.returncode == 1 and "no event" in future.stderr and "Traceback" not in future.stderr
     bad = explain(fresh_database_url, "not-a-uuid")
     assert bad.returncode == 2 and "is not an event id" in bad.stderr

@@ -14,7 +14,7 @@
 --                    opens the browser; Safe Links checks it at click time), so it must not
 --                    take that click with it.
 --   address_burst    one link of one recipient (or the recipient's pixel) fetched from
---                    p_address_count (3) or more different addresses (addr_tag) within
+--                    p_address_count (3) or more different addresses (ip and addr_tag) within
 --                    p_address_window_s (30 s): every event of that window (row 16)
 --   honeypot_scan    the other events of a honeypot hit's scan: the same recipient and campaign,
 --                    from the hit's address within p_scan_window_s (60 s) of it, or from any
@@ -158,7 +158,12 @@ BEGIN
         SELECT n.* FROM keys k
         CROSS JOIN LATERAL (
             SELECT e.occurred_at, e.id, e.kind, e.campaign_id, e.recipient_id, coalesce(e.link_index, -1) AS link,
-                   e.addr_tag, e.sent_at, coalesce(e.evidence, 0) AS evidence,
+                   -- One address: the stored address (or network) and the tag together. The
+                   -- tag has fewer bits when the row keeps an IPv4 /24 (docs/engagement.md), so
+                   -- two addresses are the same only when both agree.
+                   CASE WHEN e.addr_tag IS NOT NULL
+                        THEN hashtextextended(coalesce(e.ip::text, '') || '#' || e.addr_tag, 0) END AS addr_tag,
+                   e.sent_at, coalesce(e.evidence, 0) AS evidence,
                    CASE WHEN e.is_machine THEN coalesce(e.machine_reason, 'machine') END AS old_reason,
                    CASE WHEN e.is_machine THEN string_to_array(coalesce(e.machine_reason, 'machine'), ',')
                         ELSE '{}'::text[] END AS old_codes,
@@ -286,7 +291,12 @@ BEGIN
         watermark_xid = coalesce(v_last_xid, p.watermark_xid),
         watermark_id = coalesce(v_last_id, p.watermark_id),
         judged_at = now(),
-        caught_up_at = CASE WHEN v_examined < p_limit THEN now() ELSE p.caught_up_at END,
+        -- Caught up: less than a batch was left, and no committed event waits behind a
+        -- transaction still running (those have xid >= xmin; while one is open, events committed
+        -- after it are not judged, and the lag must show it, not read 0).
+        caught_up_at = CASE WHEN v_examined < p_limit
+                             AND NOT EXISTS (SELECT 1 FROM events e WHERE e.xid >= v_xmin)
+                            THEN now() ELSE p.caught_up_at END,
         examined = p.examined + v_examined,
         revised = p.revised + v_revised
     RETURNING true, v_examined, v_revised, p.watermark_xid, v_examined >= p_limit, p.caught_up_at, v_newest;

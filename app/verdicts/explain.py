@@ -41,10 +41,15 @@ _NEIGHBOURHOOD = dt.timedelta(seconds=120)
 
 async def find_event(conn: asyncpg.Connection, event_id: uuid.UUID) -> asyncpg.Record | None:
     if event_id.version == 7:
-        at = dt.datetime.fromtimestamp((event_id.int >> 80) / 1000, dt.UTC)
-        row = await conn.fetchrow(_BY_ID, event_id, at - dt.timedelta(seconds=2), at + dt.timedelta(seconds=2))
-        if row is not None:
-            return row
+        try:
+            at = dt.datetime.fromtimestamp((event_id.int >> 80) / 1000, dt.UTC)
+            window = (at - dt.timedelta(seconds=2), at + dt.timedelta(seconds=2))
+        except (ValueError, OverflowError):  # a time no event can have (past year 9999)
+            window = None
+        if window is not None:
+            row = await conn.fetchrow(_BY_ID, event_id, *window)
+            if row is not None:
+                return row
     return await conn.fetchrow(_BY_ID_ANYWHERE, event_id)
 
 
