@@ -7,7 +7,7 @@
 --
 --   burst            two or more clicks of one recipient in one campaign, each within
 --                    p_burst_s (1 s) of the next: every click of the chain is a machine's
---                    (research: machine-traffic.md §3 row 15, Marketo's "proximity pattern").
+--                    (docs/research/machine-traffic.md §3 row 15, Marketo's "proximity pattern").
 --                    Clicks the hot path already judged a machine's (HEAD, a prefetch, Office's
 --                    link probe, a scanner network, ...) are not part of a chain: such a request
 --                    often comes just before the person's own click (Office probes a link, then
