@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from app.events import RawEvent, RowMaker
 from app.settings import Settings
 from app.verdicts import evidence
-from app.verdicts.evidence import AddressTags, Tagger
+from app.verdicts.evidence import AddressTags
 from app.verdicts.networks import Match, Networks
 from app.verdicts.rules import machine_reason
 from trackd_links.tokens import (
@@ -101,7 +101,7 @@ class Client(NamedTuple):
     """What an event keeps of its client, made once per distinct (peer, X-Forwarded-For)."""
 
     field: bytes  # the `ip` field (anonymised by TRACKD_IP_MODE)
-    tagger: Tagger | None  # the full address's tag state (evidence.AddressTags); None: no address
+    tag: bytes  # the `addr_tag` field: a few keyed bits of the full address (evidence.AddressTags)
     open_bits: int  # evidence bits of the address's network list entries for an open ...
     click_bits: int  # ... and for a click
 
@@ -158,10 +158,8 @@ class RowEncoder:
             open_bits = _network_bits(self.networks.match(address, "open"))
             click_bits = _network_bits(self.networks.match(address, "click"))
         text = self.maker.ip_text(address)
-        # An IPv4 /24 in the row: a short tag (AddressTags), so that the two never name the address.
-        mask = AddressTags.V4_NETWORK_MASK if text is not None and text.endswith("/24") else AddressTags.FULL_MASK
-        tagger = self.tags.prepare(address.packed, mask) if address is not None else None
-        return Client(inet_field(text), tagger, open_bits, click_bits)
+        # The tag's bits depend on what the row keeps of the address: the two never name it.
+        return Client(inet_field(text), self.tags.field(address, text), open_bits, click_bits)
 
     # The two row makers of the hot path, from a token's claims (app.tokens: the version 2
     # plaintext layout). Their fields go into the row as they are: a one-byte length becomes an
@@ -199,7 +197,7 @@ class RowEncoder:
             _SENT_LINK.pack(8, sent_at * 1_000_000 - _PG_EPOCH_US, 4, link_index),
             _LEN3, claims[7:end], _LEN3, claims[end:recipient_end],
             _I32.pack(len(url)), url, name, _PART_FIELDS[flags & 3], message, evidence.FIELDS[bits],
-            _NULL if client.tagger is None else client.tagger.field(claims[7:recipient_end]),
+            client.tag,
         )), url, agent.machine  # fmt: skip
 
     def open_row(
@@ -223,7 +221,7 @@ class RowEncoder:
             _HEAD.pack(_FIELDS, 16, id_hi, id_lo, 8, received_us - _PG_EPOCH_US), client.field, agent,
             _SENT_NO_LINK.pack(8, sent_at * 1_000_000 - _PG_EPOCH_US), _NULL,
             _LEN3, claims[5:end], _LEN3, claims[end:recipient_end], _NULL, _NULL, _NULL, message,
-            evidence.FIELDS[bits], _NULL if client.tagger is None else client.tagger.field(claims[5:recipient_end]),
+            evidence.FIELDS[bits], client.tag,
         ))  # fmt: skip
 
     def row(self, id_hi: int, id_lo: int, received_us: int, kind: int, bits: int, user_agent: bytes | None,

@@ -10,6 +10,7 @@ new: it is `occurred_at - sent_at`.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import struct
 
@@ -69,66 +70,41 @@ def names(bits: int | None) -> list[str]:
 
 
 class AddressTags:
-    """`events.addr_tag`: a keyed hash of the full client address *and the event's campaign and
-    recipient*, cut to a few bits. It tells apart the few addresses of one recipient's events (an
-    address burst, the scan's own address) and nothing more:
+    """`events.addr_tag`: a few bits of a keyed hash of the full client address, made before it is
+    anonymised. It tells apart the few addresses of one recipient's events (an address burst, the
+    scan's own address; the rules compare `ip` and `addr_tag` together) and never names one:
 
-    * scoped to the recipient: the same address gives unrelated tags for two recipients, so a tag
-      links nothing across recipients or campaigns;
-    * never the address: where the row keeps an IPv4 /24 (TRACKD_IP_MODE=anonymize, the default)
-      the tag has 64 values, each shared by exactly four hosts of the /24, so even someone holding
-      the key (derived from the signing key, so that every pod agrees) is left with four
-      addresses; elsewhere 16 bits of a keyed hash (next to an IPv6 /48, or with no address kept:
-      about 2^64 and 65,536 candidates per value).
+    * next to an IPv4 /24 (TRACKD_IP_MODE=anonymize, the default): the host byte shifted by a
+      keyed offset of the /24, modulo 16. Exactly 16 hosts of the /24 share each value, so even
+      someone holding the key (derived from the signing key, so that every pod agrees) is left
+      with 16 addresses, as many as a /28 holds; neighbouring addresses (a pool of .1, .2, .3)
+      always differ.
+    * next to an IPv6 /48, or with no address kept (drop): 8 bits of the keyed hash, 256 values
+      for all the addresses there are.
+    * with the whole address kept (full): 16 bits (it says nothing the row does not).
 
-    The rules compare (ip, addr_tag) pairs, so addresses in different networks never collide."""
+    Made once per distinct client, with the `ip` field (app.copyrows): nothing per request."""
 
-    V4_NETWORK_MASK = 0x3F
-    FULL_MASK = 0xFFFF
+    V4_NETWORK_BITS = 0x0F
+    SHORT_BITS = 0xFF
+    FULL_BITS = 0xFFFF
 
     def __init__(self, key: bytes) -> None:
-        self._base = hashlib.blake2s(key=hashlib.sha256(b"trackd address tag v2\x00" + key).digest(), digest_size=2)
+        self._key = hashlib.sha256(b"trackd address tag v2\x00" + key).digest()
 
-    def prepare(self, packed: bytes, mask: int) -> Tagger:
-        """The part of the tag that depends on the address alone, made once per distinct client
-        (cached with its `ip` field): each event then hashes only its campaign and recipient.
+    def value(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, stored: str | None) -> int:
+        """The tag of `address` when the row keeps `stored` as its `ip` (the text of the field:
+        an IPv4 /24, an IPv6 /48, the address, or None)."""
+        packed = address.packed
+        if stored is not None and len(packed) == 4 and stored.endswith("/24"):
+            offset = hashlib.blake2s(packed[:3], key=self._key, digest_size=1).digest()[0]
+            return (packed[3] + offset) & self.V4_NETWORK_BITS
+        digest = hashlib.blake2s(packed, key=self._key, digest_size=2).digest()
+        bits = self.FULL_BITS if stored is not None and "/" not in stored else self.SHORT_BITS
+        return int.from_bytes(digest, "big") & bits
 
-        Next to an IPv4 /24 (`mask` V4_NETWORK_MASK) the tag is the host byte shifted by a keyed
-        offset of the /24 and the recipient, modulo 64: exactly four hosts of the /24 share each
-        value (.7, .71, .135 and .199 ...), so with the key the address is one of four, and two
-        addresses of one /24 differ unless their host bytes are 64 apart. Elsewhere, 16 bits of
-        the keyed hash of the address and the recipient."""
-        state = self._base.copy()
-        if mask == self.V4_NETWORK_MASK and len(packed) == 4:
-            state.update(packed[:3])
-            return Tagger(state, packed[3])
-        state.update(packed)
-        return Tagger(state, -1)
-
-    def value(self, packed: bytes, ids: bytes, mask: int) -> int:
-        """The tag of an address (its packed bytes) for a recipient (`ids`: the claims' campaign
-        and recipient fields) with `mask` bits kept (tests, and what `prepare` makes per event)."""
-        field = self.prepare(packed, mask).field(ids)
-        return int.from_bytes(field[4:], "big")
-
-
-class Tagger:
-    """An address's tag state (AddressTags.prepare): `field(ids)` is the `addr_tag` field of an
-    event of that recipient. Measured 0.43 us an event (one state copy, one update, one digest)."""
-
-    __slots__ = ("_host", "_state")
-
-    def __init__(self, state: hashlib.blake2s, host: int) -> None:
-        self._state = state
-        self._host = host  # the IPv4 host byte next to a /24, or -1 for a 16-bit tag
-
-    def field(self, ids: bytes) -> bytes:
-        h = self._state.copy()
-        h.update(ids)
-        if self._host >= 0:
-            return _V4_TAG_FIELDS[(self._host + h.digest()[0]) & 0x3F]
-        return _TAG_HEAD + h.digest()
-
-
-_TAG_HEAD = b"\x00\x00\x00\x02"
-_V4_TAG_FIELDS = tuple(_TAG_HEAD + value.to_bytes(2, "big") for value in range(64))
+    def field(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address | None, stored: str | None) -> bytes:
+        """The tag as a binary COPY int2 field (NULL without an address)."""
+        if address is None:
+            return _NULL
+        return b"\x00\x00\x00\x02" + self.value(address, stored).to_bytes(2, "big")
