@@ -471,3 +471,21 @@ async def test_the_feed_resumes_across_a_writer_restart(tmp_path: Path, fresh_da
         assert {e["ip"] for e in seen} == {"127.0.0.0/24"}
     finally:
         await conn.close()
+
+
+async def test_the_machine_breakdown_counts_an_event_under_each_of_its_reasons(fresh_db: asyncpg.Connection) -> None:
+    """machine_reason holds several codes (docs/engagement.md): stats count an event under each."""
+
+    from app.analytics import STATS_SQL, stats
+    from tests.rollup_support import BASE, Ev, insert
+
+    at = BASE + dt.timedelta(minutes=5)
+    await insert(fresh_db, [
+        Ev("multi", "click", "r1", 0, at, BASE, True, "scanner_network,burst"),
+        Ev("multi", "click", "r1", 1, at + dt.timedelta(seconds=0.3), BASE, True, "burst"),
+        Ev("multi", "click", "r2", 0, at, BASE, False, None),
+        Ev("multi", "open", "r3", None, at, BASE, True, "apple_mpp"),
+    ])  # fmt: skip
+    got = stats("multi", await fresh_db.fetch(STATS_SQL, "multi"))
+    assert got["machine"] == {"opens": {"apple_mpp": 1}, "clicks": {"burst": 2, "scanner_network": 1}}
+    assert (got["machine_clicks"], got["human_clicks"], got["machine_opens"]) == (2, 1, 1)
