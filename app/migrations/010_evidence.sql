@@ -9,7 +9,8 @@ COMMENT ON COLUMN events.evidence IS
     '4 Accept-Language sent, 8 Sec-Fetch-* sent, 16 the client address is in a certain network list entry for this kind, '
     '32 ... in a probable one, 64 a honeypot link (docs/engagement.md); NULL before evidence was kept';
 COMMENT ON COLUMN events.addr_tag IS
-    '16-bit keyed hash of the full client address (before anonymising): tells addresses apart within one '
-    'recipient''s events (address bursts) without keeping the address; about 65,000 IPv4 addresses share each value';
+    'a few keyed bits of the full client address (made before anonymising): with ip, tells the addresses of one '
+    'recipient''s events apart (address bursts, a scan''s address) and never names one: next to an IPv4 /24, one of 16 '
+    'values shared by 16 hosts each; next to an IPv6 /48 or with no address kept, 8 bits (docs/engagement.md)';
 COMMENT ON COLUMN events.machine_reason IS
     'why is_machine is true: one or more reason codes, comma separated (docs/engagement.md); NULL for a person';

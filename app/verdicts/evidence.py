@@ -1,5 +1,5 @@
 """What the hot path keeps of each request for its verdict: a few bits (`events.evidence`) and a
-16-bit keyed tag of the full client address (`events.addr_tag`).
+short keyed tag of the full client address (`events.addr_tag`).
 
 Kept as bits, not headers: the rules need to know that a prefetch header or Accept-Language was
 there, not what it said, and two bytes per event cost nothing to store or to COPY. The bits are
