@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from app.copyrows import RowEncoder, decode_row
+from app.copyrows import decode_row
 from app.hotpath import HotPath
-from app.metrics import HotPathMeter, Metrics
 from app.settings import IPMode, Settings
 from app.verdicts import evidence
 from app.verdicts.networks import Networks
+from tests.tools.eval_truth import RowsJournal
+from tests.tools.eval_truth import hot_path as eval_hot_path
 from trackd_links.tokens import KeyRing
 
 RING = KeyRing.from_specs(["ev1:evidence-test-secret-0123456789"])
@@ -24,31 +25,11 @@ CHROME = (
 EOP = "40.107.218.12"  # gophish#973: Safe Links detonation from Exchange Online Protection
 
 
-class Rows:
-    def __init__(self) -> None:
-        self.rows: list[bytes] = []
-
-    def append(self, row: bytes, received_us: int) -> object:
-        self.rows.append(row)
-        return self  # "written" (the hot path waits for nothing here)
+def hot_path(settings: Settings | None = None, networks: Networks | None = None) -> tuple[HotPath, RowsJournal]:
+    return eval_hot_path(settings or Settings(), RING, networks, tag_key=b"k")
 
 
-async def _app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never reached
-    raise AssertionError("not a tracked path")
-
-
-def hot_path(settings: Settings | None = None, networks: Networks | None = None) -> tuple[HotPath, Rows]:
-    settings = settings or Settings()
-    metrics = Metrics(None)
-    encoder = RowEncoder(settings, networks if networks is not None else Networks.load(), tag_key=b"k")
-    hot = HotPath(_app, RING, metrics, HotPathMeter(metrics), encoder, user_agent_max_bytes=512,
-                  capture_forwarded_for=bool(settings.trusted_proxies), fallback_url=None)  # fmt: skip
-    rows = Rows()
-    hot.journal = rows  # type: ignore[assignment]
-    return hot, rows
-
-
-def record(hot: HotPath, rows: Rows, kind: str, headers: list[tuple[bytes, bytes]], peer: str = "198.51.100.7",
+def record(hot: HotPath, rows: RowsJournal, kind: str, headers: list[tuple[bytes, bytes]], peer: str = "198.51.100.7",
            *, head: bool = False, honeypot: bool = False) -> dict[str, Any]:  # fmt: skip
     if kind == "open":
         token = RING.sign_open("c", "r")
@@ -213,3 +194,24 @@ def test_user_agent_rules_reach_the_row(kind: str, ua: bytes | None, reason: str
     row = record(hot, rows, kind, headers)
     assert row["machine_reason"] == reason
     assert row["is_machine"] is (reason is not None)
+
+
+def test_every_reason_code_is_explained_documented_and_known_to_the_deferred_rules() -> None:
+    """The codes live in three places: the Python rules (and `trackd explain`'s words), migration
+    011's list of deferred codes (which decides what a burst may chain), and docs/engagement.md's
+    table. They must say the same."""
+    import re
+
+    from app.verdicts import agents, rules
+    from tests.support import ROOT
+
+    at_receipt = agents.REASON_CODES | {rules.HEAD, rules.PREFETCH, rules.SCANNER_NETWORK, rules.HONEYPOT}
+    assert not at_receipt & set(rules.DEFERRED)
+    assert at_receipt | set(rules.DEFERRED) <= set(rules.REASONS)
+    sql = (ROOT / "app" / "migrations" / "011_deferred_verdicts.sql").read_text(encoding="utf-8")
+    listed = re.search(r"old_codes <@ ARRAY\[([^\]]*)\]", sql)
+    assert listed is not None
+    assert {c.strip().strip("'") for c in listed.group(1).split(",")} == set(rules.DEFERRED)
+    table = (ROOT / "docs" / "engagement.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `([a-z_]+)` \| (?:receipt|deferred) \|", table, re.M))
+    assert documented == at_receipt | set(rules.DEFERRED)

@@ -44,8 +44,8 @@ SENT_AT = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
 _RING = KeyRing([SigningKey.parse("eval:" + "e" * 43)])
 
 
-class _Journal:
-    """Keeps the rows the hot path appends (the evaluation inserts them itself)."""
+class RowsJournal:
+    """Keeps the rows the hot path appends (the caller inserts or decodes them itself)."""
 
     def __init__(self) -> None:
         self.rows: list[bytes] = []
@@ -128,17 +128,26 @@ def _headers(event: dict[str, Any]) -> list[tuple[bytes, bytes]]:
 Which = dict[uuid.UUID, tuple[dict[str, Any], int]]
 
 
+def hot_path(
+    settings: Settings, ring: KeyRing = _RING, networks: Networks | None = None, tag_key: bytes | None = None
+) -> tuple[HotPath, RowsJournal]:
+    """The real hot path (no server) with its rows kept in memory: the evaluation, and the tests
+    of what a request leaves in its row (tests/test_verdict_evidence.py)."""
+    metrics = Metrics(None)
+    rows = RowEncoder(settings, networks if networks is not None else Networks.load(settings.networks_file),
+                      tag_key=ring.keys[0].secret if tag_key is None else tag_key)  # fmt: skip
+    hot = HotPath(_no_app, ring, metrics, HotPathMeter(metrics), rows,
+                  user_agent_max_bytes=settings.user_agent_max_bytes,
+                  capture_forwarded_for=bool(settings.trusted_proxies), fallback_url=None)  # fmt: skip
+    journal = RowsJournal()
+    hot.journal = journal
+    return hot, journal
+
+
 def replay(cases: Iterable[dict[str, Any]], settings: Settings | None = None) -> tuple[list[bytes], Which]:
     """The `events` rows the hot path makes for every case's events, and which case event each
     row's id is."""
-    settings = settings or Settings()
-    metrics = Metrics(None)
-    rows = RowEncoder(settings, Networks.load(settings.networks_file), tag_key=_RING.keys[0].secret)
-    hot = HotPath(_no_app, _RING, metrics, HotPathMeter(metrics), rows,
-                  user_agent_max_bytes=settings.user_agent_max_bytes, capture_forwarded_for=False,
-                  fallback_url=None)  # fmt: skip
-    journal = _Journal()
-    hot.journal = journal
+    hot, journal = hot_path(settings or Settings())
     sent = int(SENT_AT.timestamp())
     which: Which = {}
     for case in cases:
