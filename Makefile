@@ -1,6 +1,7 @@
 # trackd: `make run` serves on an embedded PostgreSQL; `make test` runs the whole suite;
 # `make bench` / `bench-soak` / `bench-growth` / `bench-writer` / `bench-stats` / `bench-fleet` /
-# `bench-rewrite` / `bench-verdicts` / `loadtest` measure it (docs/benchmarks.md).
+# `bench-rewrite` / `bench-verdicts` / `bench-ab` / `bench-trigger` / `loadtest` measure it
+# (docs/benchmarks.md).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-fast test-pythons typecheck lint deps-debian need-wrk constraints sizing clean \
 	bench bench-soak bench-growth bench-writer bench-stats bench-fleet bench-rewrite bench-profile bench-hostile bench-verdicts \
-	loadtest eval-truth
+	bench-ab bench-trigger loadtest eval-truth
 
 # Debian packages the tests drive, as command:package. Installed with apt-get when we are root;
 # otherwise make stops and names them. chromium: tests/test_dashboard.py; promtool (package
@@ -142,6 +143,18 @@ bench-hostile: $(STAMP) need-wrk
 
 bench-writer: $(STAMP)
 	$(BIN)/python -m loadtests.bench_writer
+
+# The rollup trigger before and after migration 012, batch by batch in one database (a run of
+# bench-writer against a run of bench-writer differs by more than a trigger change): µs/event of
+# wall and PostgreSQL CPU for each. BENCH_TRIGGER_ARGS="--events 600000 --recipients 180000".
+bench-trigger: $(STAMP)
+	$(BIN)/python -m loadtests.bench_trigger $(BENCH_TRIGGER_ARGS)
+
+# The hot path of this tree and another side by side: BENCH_AB_OTHER=/path/to/a/checkout (for
+# instance `git worktree add --detach ../old <commit>`), BENCH_RUNS, BENCH_DURATION, BENCH_OUT.
+bench-ab: $(STAMP) need-wrk
+	@test -n "$(BENCH_AB_OTHER)" || { echo "bench-ab: set BENCH_AB_OTHER=/path/to/another/checkout"; exit 2; }
+	BENCH_AB_OTHER=$(BENCH_AB_OTHER) $(BIN)/python -m loadtests.ab
 
 # The read side at size (issue 13): a campaign of BENCH_STATS_EVENTS (10M) events built through the
 # writer, then stats / links / series / feed p50 and p99 and the docs/analytics.md cookbook queries;

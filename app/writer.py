@@ -2,14 +2,15 @@
 
 The journal holds events as rows in PostgreSQL's binary COPY format (app.copyrows), so a batch
 is the frames' bytes joined and sent: no Python work per event. It is COPYed straight into
-`events`; PostgreSQL keeps `interactions_per_second` from the rows actually inserted (a trigger,
-migration 003), in the same transaction. A batch that may hold rows already there (a replay of an
-adopted journal, a retry after an unknown commit outcome: COPY then fails on the primary key) goes
-through a temporary table and `INSERT ... ON CONFLICT DO NOTHING` instead, so it adds and counts
-nothing twice. Only after the commit does the journal's checkpoint move. Transient failures
-(connection lost, server restarting, statement timeout, lock wait) are retried with capped
-exponential backoff; rows PostgreSQL refuses as data are isolated by bisecting the batch and kept
-in `events_dead_letter`, so the rest lands.
+`events`; PostgreSQL keeps `interactions_per_second` and the rollups from the rows actually
+inserted (the statement trigger on `events`, migration 012), in the same transaction. A batch
+that may hold rows already there (a replay of an adopted journal, a retry after an unknown commit
+outcome: COPY then fails on the primary key) goes through a temporary table and
+`INSERT ... ON CONFLICT DO NOTHING` instead, so it adds and counts nothing twice. Only after the
+commit does the journal's checkpoint move. Transient failures (connection lost, server
+restarting, statement timeout, lock wait) are retried with capped exponential backoff; rows
+PostgreSQL refuses as data are isolated by bisecting the batch and kept in `events_dead_letter`,
+so the rest lands.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ _STAGE_DDL = "CREATE TEMP TABLE IF NOT EXISTS trackd_stage (LIKE events) ON COMM
 _STAGE_DDL_PER_TRANSACTION = (
     "DROP TABLE IF EXISTS pg_temp.trackd_stage; CREATE TEMP TABLE trackd_stage (LIKE events) ON COMMIT DROP"
 )
-# Asks the per-second trigger (migration 003) to count this transaction's rows. Per transaction,
+# Asks the trigger on `events` (migration 012; 003 before) to count this transaction's rows. Per transaction,
 # not per session, so that it holds through a transaction-pooling proxy such as PgBouncer.
 _COUNT_PER_SECOND = "SET LOCAL trackd.per_second = 'trigger'"
 _COLUMN_LIST = ", ".join(COLUMNS)

@@ -134,6 +134,41 @@ async def test_erasure_removes_a_recipient_everywhere_and_late_events_stay_out(d
     await assert_exact(db)
 
 
+async def per_second_total(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT coalesce(sum(events), 0) FROM interactions_per_second"))
+
+
+async def test_the_per_second_table_counts_what_the_rollups_count(db: asyncpg.Connection) -> None:
+    """One trigger keeps both (migration 012): an erased recipient's late events, which the
+    rollups refuse, are not counted per second either; a replay counts nothing."""
+    rnd = random.Random(5)
+    events = made_up(rnd, 600, campaigns=2, recipients=10)
+    for _ in range(2):  # the second time a replay: nothing inserted, nothing counted
+        async with db.transaction():
+            await db.execute("SET LOCAL trackd.per_second = 'trigger'")
+            await insert(db, events)
+        assert await per_second_total(db) == len(events)
+    theirs = [e for e in events if e.recipient == "r3"]
+    assert theirs
+    await db.fetchval("SELECT trackd_erase_recipient('r3')")
+    late = [Ev(e.campaign, e.kind, e.recipient, e.link, e.at, e.sent, e.machine, e.reason) for e in theirs]
+    others = made_up(rnd, 50, campaigns=2, recipients=3)  # r0..r2: not erased
+    async with db.transaction():
+        await db.execute("SET LOCAL trackd.per_second = 'trigger'")
+        await insert(db, late + others)
+    assert await per_second_total(db) == len(events) + len(others)
+    by_key = await db.fetch(
+        "SELECT campaign_id, kind, is_machine, sum(events) AS n FROM interactions_per_second GROUP BY 1, 2, 3"
+        " EXCEPT SELECT campaign_id, kind, is_machine, count(*) FROM ("
+        "   SELECT campaign_id, kind, is_machine"
+        "   FROM unnest($1::text[], $2::text[], $3::bool[]) AS e(campaign_id, kind, is_machine)"
+        " ) e GROUP BY 1, 2, 3",
+        [e.campaign for e in events + others], [e.kind for e in events + others], [e.machine for e in events + others],
+    )  # fmt: skip
+    assert by_key == []
+    await assert_exact(db)
+
+
 async def test_concurrent_writers_revisions_and_erasures_stay_exact(admin_dsn: str) -> None:
     """Four connections insert overlapping batches of one hot campaign (shared events, so each
     row is won by one of them) while a fifth revises verdicts and erases recipients: no deadlock,
