@@ -6,8 +6,8 @@
 Two runs of `make bench-writer` on this machine differ by more than the change measured here
 (the same code gave 14 and 24 µs an event an hour apart), so the two versions are not run one
 after the other: both triggers are installed on one `events` table, each gated by a setting,
-and the batches (COPY of 5,000 rows as the writer sends them) go to one or the other in shuffled
-pairs. Both see the same tables at the same size, the same checkpoints and the same neighbours;
+and the batches (COPY of 5,000 rows as the writer sends them) go to one of them in shuffled
+triples (with "none", below). Both see the same tables at the same size, the same checkpoints and the same neighbours;
 every batch is counted by exactly one of them, so `trackd_rollup_drift` at the end checks both.
 
 "before": migration 007's trackd_rollup with 003/007's separate per-second trigger.
@@ -16,6 +16,9 @@ every batch is counted by exactly one of them, so `trackd_rollup_drift` at the e
 the floor the rollups are added to. Those batches are rolled back (their rows would be in no
 rollup), so their wall time lacks the commit's flush; their CPU time is comparable.
 Reported per version: wall time and the PostgreSQL backend's CPU time (from /proc) per event.
+What it cannot show: a call saved. Every gated copy fires on every batch and returns at once
+unless it is the one chosen (its DECLARE, which takes a slot, runs either way; slots are
+re-entrant, so no extra ones are used): the same overhead for every version.
 """
 
 from __future__ import annotations

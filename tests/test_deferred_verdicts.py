@@ -87,25 +87,29 @@ async def insert(conn: asyncpg.Connection, events: list[E]) -> None:
     )  # fmt: skip
 
 
-# Committed events behind a transaction still running: the judge leaves them for later.
-_HELD_BACK = "SELECT EXISTS (SELECT 1 FROM events WHERE xid >= pg_snapshot_xmin(pg_current_snapshot()))"
+# Committed events the judge has not passed yet (past its watermark).
+_UNJUDGED = (
+    "SELECT EXISTS (SELECT 1 FROM events e, verdict_progress p WHERE (e.xid, e.id) > (p.watermark_xid, p.watermark_id))"
+)
 
 
 async def judge(conn: asyncpg.Connection, limit: int = 50_000, settle: bool = True) -> dict[str, Any]:
     """One call of trackd_judge_verdicts. With `settle`, called again (what it examined and
-    revised summed) while committed events wait behind a transaction still running anywhere on
-    the server: pg_snapshot_xmin is the whole server's, and another test's writer may be in the
-    middle of a batch (seen once in a full run). Bounded; a test that holds a transaction open
-    on purpose says settle=False."""
+    revised summed) while committed events are still past the watermark: they wait behind a
+    transaction running anywhere on the server (pg_snapshot_xmin is the whole server's, and
+    another test's writer may be in the middle of a batch: seen once in a full run). Not when the
+    call did not judge (another caller holds the lock) or stopped at its limit. Bounded; a test
+    that holds a transaction open on purpose, or interleaves callers, says settle=False."""
     total: dict[str, Any] = {}
     for _ in range(100):
         row = await conn.fetchrow("SELECT * FROM trackd_judge_verdicts($1)", limit)
         assert row is not None
         total = dict(row) if not total else {
             **dict(row), "judged": total["judged"] or row["judged"],
+            "newest_at": row["newest_at"] or total["newest_at"],
             "examined": total["examined"] + row["examined"], "revised": total["revised"] + row["revised"],
         }  # fmt: skip
-        if not settle or row["more"] or not await conn.fetchval(_HELD_BACK):
+        if not settle or not row["judged"] or row["more"] or not await conn.fetchval(_UNJUDGED):
             break
         await asyncio.sleep(0.05)
     return total
@@ -368,7 +372,7 @@ async def test_callers_at_once_judge_every_event_once(fresh_db: asyncpg.Connecti
 
         async def judge_loop(conn: asyncpg.Connection) -> None:
             for _ in range(30):
-                await judge(conn, limit=4)
+                await judge(conn, limit=4, settle=False)
                 await asyncio.sleep(0)
 
         await asyncio.gather(write(conns[0], 0), write(conns[1], 1), judge_loop(conns[2]), judge_loop(conns[3]))

@@ -138,9 +138,10 @@ async def per_second_total(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT coalesce(sum(events), 0) FROM interactions_per_second"))
 
 
-async def test_the_per_second_table_counts_what_the_rollups_count(db: asyncpg.Connection) -> None:
+async def test_an_erased_recipients_late_events_are_not_counted_per_second_either(db: asyncpg.Connection) -> None:
     """One trigger keeps both (migration 012): an erased recipient's late events, which the
-    rollups refuse, are not counted per second either; a replay counts nothing."""
+    rollups refuse, are not counted per second either; a replay counts nothing. (What was counted
+    per second before the erasure stays: that table holds no recipient.)"""
     rnd = random.Random(5)
     events = made_up(rnd, 600, campaigns=2, recipients=10)
     for _ in range(2):  # the second time a replay: nothing inserted, nothing counted

@@ -176,7 +176,29 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER events_count_per_second ON events;
+-- Dropping a trigger takes ACCESS EXCLUSIVE on `events`. Queued behind a long reader (`trackd
+-- verify`, the judge, an analyst's query), that request would hold up every writer and feed read
+-- behind it for as long as the reader runs (the migrations run with no statement timeout). So it
+-- asks for 2 s at a time and steps aside for 1 s between tries, which lets the queue drain
+-- (writers' journals keep what arrives meanwhile); after 10 minutes it gives up, naming why.
+DO $do$
+BEGIN
+    FOR attempt IN 1 .. 200 LOOP
+        BEGIN
+            PERFORM pg_catalog.set_config('lock_timeout', '2s', true);
+            DROP TRIGGER events_count_per_second ON events;
+            PERFORM pg_catalog.set_config('lock_timeout', '0', true);
+            RETURN;
+        EXCEPTION WHEN lock_not_available THEN
+            IF attempt % 10 = 1 THEN
+                RAISE NOTICE 'trackd: migration 012 is waiting for transactions that hold events (pg_stat_activity)';
+            END IF;
+            PERFORM pg_catalog.pg_sleep(1);
+        END;
+    END LOOP;
+    RAISE EXCEPTION 'trackd: migration 012 could not lock events for 10 minutes: a long transaction holds it (see pg_stat_activity), try again when it is done';
+END
+$do$;
 DROP FUNCTION trackd_count_per_second();
 
 -- CREATE OR REPLACE resets the function's settings: its fixed search_path again (migration 007
