@@ -1231,22 +1231,30 @@ HOSTILE: dict[str, Callable[[int], tuple[str | None, str | None]]] = {
 }
 
 
-def _timed(make: Callable[[int], tuple[str | None, str | None]], n: int) -> float:
-    html, text = make(n)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        compiled = compile_email(html, text, RewriteOptions(text="all", pixel="bottom"), own_prefixes=OWN)
-        compiled.render(FakeSigner(), "c", "r1")
-        best = min(best, time.perf_counter() - t0)
-    return best
+def _once(html: str | None, text: str | None) -> float:
+    t0 = time.perf_counter()
+    compiled = compile_email(html, text, RewriteOptions(text="all", pixel="bottom"), own_prefixes=OWN)
+    compiled.render(FakeSigner(), "c", "r1")
+    return time.perf_counter() - t0
+
+
+def _timed_pair(make: Callable[[int], tuple[str | None, str | None]]) -> tuple[float, float]:
+    """The best of five for 100 KB and for 400 KB, taken in turns: on a shared machine a burst of
+    someone else's load then falls on both sizes alike, not on one (a full CI run once saw 12.7x
+    with the two timed one after the other, against 3-5x quiet)."""
+    small, large = make(100_000), make(400_000)
+    t1 = t2 = float("inf")
+    for _ in range(5):
+        t1 = min(t1, _once(*small))
+        t2 = min(t2, _once(*large))
+        if t2 > 2.0:  # fails the absolute bound whatever follows: no need to wait for four more
+            break
+    return t1, t2
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_linear_time_on_hostile_input(name: str) -> None:
-    make = HOSTILE[name]
-    t1 = _timed(make, 100_000)
-    t2 = _timed(make, 400_000)
+    t1, t2 = _timed_pair(HOSTILE[name])
     assert t2 < 2.0, f"{name}: 400 KB took {t2:.2f}s"
     # 4x the size takes about 4x the time; quadratic would be 16x (the bound leaves room for a busy shared machine).
     # Checked only above the timer noise; a quadratic scan is caught by the absolute bound anyway (96 s on 3.11.7).
