@@ -207,6 +207,9 @@ async def build(dsn: str, c: Campaign, verify: bool) -> Build:
         finally:
             await journal.close()
         async with pool.acquire() as conn:
+            # Bookkeeping over the whole build (a count DISTINCT over millions of touch rows), not
+            # the service's own statements: the pool's 10 s timeout cut it short on a busy machine.
+            await conn.execute("SET statement_timeout = 0")
             await conn.execute("ANALYZE")
             rows = await conn.fetchval("SELECT count(*) FROM events")
             people = await conn.fetchval(
