@@ -7,8 +7,9 @@ Two runs of `make bench-writer` on this machine differ by more than the change m
 (the same code gave 14 and 24 µs an event an hour apart), so the two versions are not run one
 after the other: both triggers are installed on one `events` table, each gated by a setting,
 and the batches (COPY of 5,000 rows as the writer sends them) go to one of them in shuffled
-triples (with "none", below). Both see the same tables at the same size, the same checkpoints and the same neighbours;
-every batch is counted by exactly one of them, so `trackd_rollup_drift` at the end checks both.
+triples (with "none", below). All see the same tables at the same size, the same checkpoints
+and the same neighbours; every committed batch is counted by exactly one version, so
+`trackd_rollup_drift` at the end checks both.
 
 "before": migration 007's trackd_rollup with 003/007's separate per-second trigger.
 "after": migration 012's trackd_rollup, per-second counting folded in.
@@ -81,7 +82,7 @@ async def run(dsn: str, events: int, recipients: int, batch_rows: int, seed: int
     try:
         await migrate(conn)
         await conn.execute("SELECT trackd_ensure_partitions(ARRAY[current_date - 1, current_date, current_date + 1])")
-        # The installed trigger makes way for the two gated copies (the same function texts).
+        # The installed trigger makes way for gated copies of both versions (the migrations' own texts).
         await conn.execute("DROP TRIGGER events_rollup ON events")
         await conn.execute(_function("012_one_rollup_trigger.sql", "trackd_rollup", "bench_after", "after"))
         await conn.execute(_function("007_rollups.sql", "trackd_rollup", "bench_before", "before"))

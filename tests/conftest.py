@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.db import migrate
+from app.db import migrate, migration_files
 from app.pgserver import EmbeddedPostgres
 from tests.support import API_KEY, BROWSER_UA, PgBouncer, ServerProcess, embedded_postgres, pgbouncer
 
@@ -38,6 +38,21 @@ def _with_database(dsn: str, name: str) -> str:
     if "?" in dsn.rsplit("/", 1)[1]:
         query = "?" + dsn.rsplit("?", 1)[1]
     return f"{base}/{name}{query}"
+
+
+async def apply_migrations(conn: asyncpg.Connection, *, start: str = "", stop: str | None = None) -> None:
+    """Apply the migrations named from `start` up to (not including) `stop` and record them as
+    app.db.migrate does: a database left at an older version, to upgrade in a test."""
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS trackd_migrations"
+        " (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for name, sql in migration_files():
+        if name < start or (stop is not None and name >= stop):
+            continue
+        async with conn.transaction():
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO trackd_migrations (name) VALUES ($1)", name)
 
 
 async def create_database(admin_dsn: str) -> str:

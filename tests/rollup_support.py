@@ -55,6 +55,13 @@ async def insert(conn: asyncpg.Connection, events: list[Ev]) -> str:
     )  # fmt: skip
 
 
+async def insert_counted(conn: asyncpg.Connection, events: list[Ev]) -> None:
+    """`insert` in a transaction that asks to be counted per second, as trackd's writer does."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL trackd.per_second = 'trigger'")
+        await insert(conn, events)
+
+
 async def drift(conn: asyncpg.Connection, campaign: str | None = None) -> list[asyncpg.Record]:
     return await conn.fetch("SELECT * FROM trackd_rollup_drift($1)", campaign)
 

@@ -16,11 +16,11 @@ import asyncpg
 import pytest
 from pydantic import ValidationError
 
-from app.db import create_pool, migration_files
+from app.db import create_pool
 from app.metrics import Metrics
 from app.settings import Settings
 from app.verdicts.deferred import DeferredJudge
-from tests.conftest import _with_database, create_database
+from tests.conftest import _with_database, apply_migrations, create_database
 from tests.rollup_support import BASE, assert_exact
 
 CAMPAIGN = "camp-deferred"
@@ -392,22 +392,10 @@ async def test_events_from_before_the_migration_are_not_judged(admin_dsn: str) -
     """The first call starts at the migration, not at the beginning of the table."""
     conn = await asyncpg.connect(await create_database(admin_dsn))
     try:
-        files = migration_files()
-        await conn.execute("CREATE TABLE trackd_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL"
-                           " DEFAULT now())")  # fmt: skip
-        for name, sql in files:
-            if name.startswith("011"):
-                break
-            async with conn.transaction():
-                await conn.execute(sql)
-                await conn.execute("INSERT INTO trackd_migrations (name) VALUES ($1)", name)
+        await apply_migrations(conn, stop="011")
         old = [click(0), click(0.2)]
         await insert(conn, old)
-        for name, sql in files:
-            if name >= "011":
-                async with conn.transaction():
-                    await conn.execute(sql)
-                    await conn.execute("INSERT INTO trackd_migrations (name) VALUES ($1)", name)
+        await apply_migrations(conn, start="011")
         assert (await judge(conn))["examined"] == 0
         assert await verdicts(conn, old) == [None, None]
         new = [click(0.4, link=1)]

@@ -10,32 +10,13 @@ import time
 
 import asyncpg
 
-from app.db import migrate, migration_files
-from tests.conftest import create_database
-from tests.rollup_support import BASE, Ev, assert_exact, insert
-
-
-async def _up_to(conn: asyncpg.Connection, last: str) -> None:
-    """Apply the migrations before `last` the way app.db.migrate records them."""
-    await conn.execute(
-        "CREATE TABLE trackd_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-    )
-    for name, sql in migration_files():
-        if name >= last:
-            break
-        async with conn.transaction():
-            await conn.execute(sql)
-            await conn.execute("INSERT INTO trackd_migrations (name) VALUES ($1)", name)
+from app.db import migrate
+from tests.conftest import apply_migrations, create_database
+from tests.rollup_support import BASE, Ev, assert_exact, insert_counted
 
 
 def _click(recipient: str, seconds: float) -> Ev:
     return Ev("c1", "click", recipient, 0, BASE + dt.timedelta(seconds=seconds), None, False, None)
-
-
-async def _counted(conn: asyncpg.Connection, events: list[Ev]) -> None:
-    async with conn.transaction():
-        await conn.execute("SET LOCAL trackd.per_second = 'trigger'")
-        await insert(conn, events)
 
 
 async def test_writers_go_on_while_a_long_reader_holds_back_the_migration(admin_dsn: str) -> None:
@@ -43,9 +24,9 @@ async def test_writers_go_on_while_a_long_reader_holds_back_the_migration(admin_
     conns = [await asyncpg.connect(dsn) for _ in range(3)]
     admin, reader, writer = conns
     try:
-        await _up_to(admin, "012")
+        await apply_migrations(admin, stop="012")
         before = [_click(f"r{i}", i) for i in range(5)]
-        await _counted(writer, before)  # counted by the old two triggers
+        await insert_counted(writer, before)  # counted by the old two triggers
 
         # A long reader (trackd verify, an analyst) holds a lock on events for 5 s.
         held = reader.transaction()
@@ -55,7 +36,7 @@ async def test_writers_go_on_while_a_long_reader_holds_back_the_migration(admin_
         await asyncio.sleep(0.5)  # the migration is now asking for its exclusive lock
         started = time.monotonic()
         during = [_click(f"s{i}", 100 + i) for i in range(3)]
-        await asyncio.wait_for(_counted(writer, during), 4)  # not behind the reader's 5 s
+        await asyncio.wait_for(insert_counted(writer, during), 4)  # not behind the reader's 5 s
         waited = time.monotonic() - started
         assert not migration.done(), "the migration cannot have dropped the trigger while the reader holds events"
         await asyncio.sleep(max(0.0, 4.5 - waited))
@@ -67,7 +48,7 @@ async def test_writers_go_on_while_a_long_reader_holds_back_the_migration(admin_
         )
         assert [r["tgname"] for r in triggers] == ["events_rollup"]
         after = [_click(f"t{i}", 200 + i) for i in range(4)]
-        await _counted(writer, after)
+        await insert_counted(writer, after)
         # Every event counted once per second and in the rollups, before, during and after.
         total = await admin.fetchval("SELECT sum(events) FROM interactions_per_second")
         assert total == len(before) + len(during) + len(after)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from app.db import migrate
 from tests.conftest import create_database
-from tests.rollup_support import BASE, REASONS, Ev, assert_exact, drift, insert
+from tests.rollup_support import BASE, REASONS, Ev, assert_exact, drift, insert, insert_counted
 
 
 @pytest.fixture
@@ -145,18 +145,14 @@ async def test_an_erased_recipients_late_events_are_not_counted_per_second_eithe
     rnd = random.Random(5)
     events = made_up(rnd, 600, campaigns=2, recipients=10)
     for _ in range(2):  # the second time a replay: nothing inserted, nothing counted
-        async with db.transaction():
-            await db.execute("SET LOCAL trackd.per_second = 'trigger'")
-            await insert(db, events)
+        await insert_counted(db, events)
         assert await per_second_total(db) == len(events)
     theirs = [e for e in events if e.recipient == "r3"]
     assert theirs
     await db.fetchval("SELECT trackd_erase_recipient('r3')")
     late = [Ev(e.campaign, e.kind, e.recipient, e.link, e.at, e.sent, e.machine, e.reason) for e in theirs]
     others = made_up(rnd, 50, campaigns=2, recipients=3)  # r0..r2: not erased
-    async with db.transaction():
-        await db.execute("SET LOCAL trackd.per_second = 'trigger'")
-        await insert(db, late + others)
+    await insert_counted(db, late + others)
     assert await per_second_total(db) == len(events) + len(others)
     by_key = await db.fetch(
         "SELECT campaign_id, kind, is_machine, sum(events) AS n FROM interactions_per_second GROUP BY 1, 2, 3"
